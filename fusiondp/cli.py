@@ -1,0 +1,120 @@
+"""Command-line flags shared by every training script (reference flag names), and run set-up."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+
+import numpy as np
+import torch
+
+from fusiondp.modes import MODES
+from fusiondp.privacy import ACCOUNTANTS
+
+
+def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
+    """Add the flags every training script shares; ``defaults`` overrides per-dataset defaults."""
+    g = parser.add_argument_group("training")
+    g.add_argument(
+        "--mode",
+        default="fusiondp",
+        choices=list(MODES),
+        metavar="MODE",
+        help=f"one of: {', '.join(MODES)} (default: %(default)s)",
+    )
+    g.add_argument("--epochs", type=float, default=10, help="T = round(epochs*N/batch_size) steps are run")
+    g.add_argument(
+        "--batch_size",
+        type=int,
+        default=128,
+        help="expected Poisson batch size b of the private term (q = b/N); SGD batch size",
+    )
+    g.add_argument(
+        "--public_batch_size",
+        type=int,
+        default=4096,
+        help="rows of the public view per step, uniform without replacement (at most N)",
+    )
+    g.add_argument("--lr", type=float, default=0.05)
+    g.add_argument("--alpha", type=float, default=1.0, help="weight of the private gradient (split modes)")
+    g.add_argument(
+        "--beta",
+        type=float,
+        default=1.0,
+        help="regularizer weight (fusiondp); mixing weight of the DP gradient (naive_fusion*)",
+    )
+    g.add_argument(
+        "--max_param_norm",
+        type=float,
+        default=10.0,
+        help="project parameters onto the ball ||theta|| <= M after each step (0 disables)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+
+    p = parser.add_argument_group("privacy")
+    p.add_argument("--epsilon", type=float, default=2.0, help="target epsilon of the DP modes")
+    p.add_argument("--delta", type=float, default=1e-5)
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="per-example clip norm C")
+    p.add_argument(
+        "--accountant",
+        default="rdp",
+        choices=ACCOUNTANTS,
+        help="Opacus accountant used to calibrate sigma and report epsilon (default: rdp)",
+    )
+    p.add_argument(
+        "--c_h",
+        type=float,
+        default=None,
+        help="clip C_h of the regularizer; default: estimated from hybrid rows (public)",
+    )
+    p.add_argument(
+        "--c_h_from_private",
+        action="store_true",
+        help="reference compatibility: estimate C_h from ORIGINAL rows. NOT PRIVATE; the "
+        "result record marks the run as outside the guarantee",
+    )
+    p.add_argument(
+        "--divide_by_realised_batch",
+        action="store_true",
+        help="reference compatibility: divide the private sum by |B| instead of b",
+    )
+
+    o = parser.add_argument_group("output")
+    o.add_argument("--results_json", default=None, help="append one JSON line per finished run here")
+    o.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """Reject values no run can use, naming the flag and the value."""
+    positive = ("epochs", "batch_size", "public_batch_size", "lr", "max_grad_norm")
+    for name in positive:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"--{name} must be > 0, got {value!r}.")
+    if args.c_h is not None and not args.c_h > 0:
+        raise ValueError(f"--c_h must be > 0, got {args.c_h!r}.")
+    if args.c_h is not None and args.c_h_from_private:
+        raise ValueError("give either --c_h or --c_h_from_private, not both.")
+    if args.max_param_norm < 0:
+        raise ValueError(f"--max_param_norm must be >= 0 (0 disables), got {args.max_param_norm!r}.")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but torch sees no GPU; use --device cpu.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,221 @@
+"""Tabular data: reading with clear errors, checks, and preprocessing fitted on public data only.
+
+Privacy contract of :func:`prepare_tabular`: every fitted quantity (NaN fill values, scaler
+statistics, category vocabularies) comes from the HYBRID training rows, whose sensitive columns are
+foundation-model imputations computed from public columns, so nothing fitted depends on an original
+sensitive value. The original rows are only transformed with those fitted objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+
+def data_root() -> Path:
+    """``$FUSIONDP_DATA`` if set, else ``../shared/data`` beside the repository."""
+    env = os.environ.get("FUSIONDP_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def read_csv(path: str | os.PathLike, *, what: str, hint: str = "") -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path} does not exist. {hint}".strip())
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read as CSV ({err}).") from None
+
+
+def check_columns(
+    df: pd.DataFrame, *, path: str | os.PathLike, required: Sequence[str], ignored: Sequence[str] = ()
+) -> None:
+    """Every required column present and no unexpected column (``ignored`` ones are allowed)."""
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(required)}.")
+    extra = [c for c in df.columns if c not in set(required) | set(ignored)]
+    if extra:
+        raise ValueError(
+            f"{path}: unexpected column(s) {extra}. Remove them, or declare them as ignored in the "
+            "dataset script if they are known and must not be used as features."
+        )
+
+
+def check_binary_label(df: pd.DataFrame, *, label: str, path: str | os.PathLike) -> None:
+    values = df[label]
+    if values.isna().any():
+        rows = list(np.flatnonzero(values.isna().to_numpy())[:5])
+        raise ValueError(f"{path}: label column {label!r} is missing in row(s) {rows} (0-based).")
+    bad = sorted(set(values.unique()) - {0, 1})
+    if bad:
+        raise ValueError(f"{path}: label column {label!r} must be binary 0/1, found value(s) {bad[:5]}.")
+
+
+def check_aligned(
+    original: pd.DataFrame,
+    hybrid: pd.DataFrame,
+    *,
+    public_columns: Sequence[str],
+    label: str,
+    original_path: str | os.PathLike,
+    hybrid_path: str | os.PathLike,
+) -> None:
+    """Hybrid rows must be the original rows, in the same order, with only sensitive columns changed."""
+    if len(original) != len(hybrid):
+        raise ValueError(
+            f"{hybrid_path} has {len(hybrid)} rows but {original_path} has {len(original)}: the hybrid "
+            "file must hold exactly one imputed row per original row, in the same order."
+        )
+    for col in [*public_columns, label]:
+        a = pd.to_numeric(original[col], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(hybrid[col], errors="coerce").to_numpy(dtype=float)
+        same = np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True)
+        if not same.all():
+            row = int(np.flatnonzero(~same)[0])
+            raise ValueError(
+                f"{hybrid_path} is not row-aligned with {original_path}: public column {col!r} differs "
+                f"first at row {row} ({a[row]!r} vs {b[row]!r}). Regenerate the hybrid file from these "
+                "original rows without reordering them."
+            )
+
+
+@dataclass
+class TabularPreprocessor:
+    """Mean-fill and standardise numeric columns; one-hot (or ordinal-code) categorical ones.
+
+    Fit it on public data only (see the module docstring).
+    """
+
+    numeric: list[str]
+    categorical: list[str] = field(default_factory=list)
+    one_hot: bool = True
+    means_: dict[str, float] = field(default_factory=dict)
+    stds_: dict[str, float] = field(default_factory=dict)
+    vocab_: dict[str, list] = field(default_factory=dict)
+    feature_names_: list[str] = field(default_factory=list)
+    source_column_: list[str] = field(default_factory=list)
+
+    def fit(self, public_frame: pd.DataFrame) -> TabularPreprocessor:
+        for col in self.numeric:
+            values = pd.to_numeric(public_frame[col], errors="coerce")
+            mean = values.mean()
+            std = values.std(ddof=0)
+            self.means_[col] = 0.0 if pd.isna(mean) else float(mean)
+            self.stds_[col] = 1.0 if pd.isna(std) or std == 0 else float(std)
+        for col in self.categorical:
+            self.vocab_[col] = sorted(public_frame[col].dropna().astype(str).unique())
+        self.feature_names_, self.source_column_ = [], []
+        for col in self.numeric:
+            self.feature_names_.append(col)
+            self.source_column_.append(col)
+        for col in self.categorical:
+            names = [f"{col}={v}" for v in self.vocab_[col]] if self.one_hot else [col]
+            self.feature_names_ += names
+            self.source_column_ += [col] * len(names)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        parts = []
+        for col in self.numeric:
+            values = pd.to_numeric(frame[col], errors="coerce").fillna(self.means_[col]).to_numpy(float)
+            parts.append(((values - self.means_[col]) / self.stds_[col])[:, None])
+        for col in self.categorical:
+            vocab = self.vocab_[col]
+            codes = pd.Categorical(frame[col].astype(str), categories=vocab).codes  # unseen → -1
+            if self.one_hot:
+                parts.append((codes[:, None] == np.arange(len(vocab))[None, :]).astype(float))
+            else:
+                scale = max(len(vocab) - 1, 1)
+                parts.append(np.where(codes < 0, 0.5, codes / scale)[:, None])
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def feature_indices(self, columns: Sequence[str]) -> list[int]:
+        wanted = set(columns)
+        return [i for i, src in enumerate(self.source_column_) if src in wanted]
+
+
+@dataclass
+class TabularData:
+    """Training views (row-aligned), labels and the evaluation splits, as tensors."""
+
+    original: Tensor
+    hybrid: Tensor
+    noise: Tensor
+    y: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    feature_names: list[str]
+    sensitive_features: list[int]
+
+    @property
+    def num_rows(self) -> int:
+        return self.original.shape[0]
+
+    def view(self, name: str) -> Tensor:
+        return {"original": self.original, "hybrid": self.hybrid, "noise": self.noise}[name]
+
+    def to(self, device: torch.device) -> TabularData:
+        moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        return TabularData(**moved)
+
+
+def prepare_tabular(
+    original: pd.DataFrame,
+    hybrid: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    *,
+    sensitive: Sequence[str],
+    public: Sequence[str],
+    label: str,
+    categorical: Sequence[str] = (),
+    one_hot: bool = True,
+    noise_seed: int = 0,
+) -> tuple[TabularData, TabularPreprocessor]:
+    """Fit the preprocessor on the hybrid rows and build every view.
+
+    The noise view is the hybrid view with the sensitive feature columns replaced by N(0, 1) draws
+    (seeded by ``noise_seed``), so it never reads an original sensitive value either.
+    """
+    columns = [*public, *sensitive]
+    numeric = [c for c in columns if c not in set(categorical)]
+    prep = TabularPreprocessor(numeric=numeric, categorical=list(categorical), one_hot=one_hot)
+    prep.fit(hybrid[columns])
+
+    def tensor(frame: pd.DataFrame) -> Tensor:
+        return torch.from_numpy(prep.transform(frame[columns]))
+
+    def labels(frame: pd.DataFrame) -> Tensor:
+        return torch.from_numpy(frame[label].astype(float).to_numpy(np.float32))
+
+    sensitive_features = prep.feature_indices(sensitive)
+    x_hybrid = tensor(hybrid)
+    x_noise = x_hybrid.clone()
+    generator = torch.Generator().manual_seed(noise_seed)
+    x_noise[:, sensitive_features] = torch.randn(len(x_noise), len(sensitive_features), generator=generator)
+    data = TabularData(
+        original=tensor(original),
+        hybrid=x_hybrid,
+        noise=x_noise,
+        y=labels(original),
+        x_val=tensor(val),
+        y_val=labels(val),
+        x_test=tensor(test),
+        y_test=labels(test),
+        feature_names=prep.feature_names_,
+        sensitive_features=sensitive_features,
+    )
+    return data, prep

@@ -1,0 +1,53 @@
+"""Evaluation metrics and the evaluation pass (every row, in order, in eval mode)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from torch import Tensor, nn
+
+
+def binary_metrics(y_true: np.ndarray, prob: np.ndarray, *, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, AUROC, AUPR (average precision) and F1 at ``threshold``.
+
+    AUROC and AUPR are NaN when ``y_true`` holds a single class (they are undefined there).
+    """
+    y_true = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    if len(y_true) != len(prob):
+        raise ValueError(f"{len(y_true)} labels but {len(prob)} predictions.")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError("predictions contain NaN or inf: the model diverged (lower --lr?).")
+    pred = (prob >= threshold).astype(int)
+    two_classes = len(np.unique(y_true)) == 2
+    return {
+        "acc": float((pred == y_true).mean()),
+        "auroc": float(roc_auc_score(y_true, prob)) if two_classes else math.nan,
+        "aupr": float(average_precision_score(y_true, prob)) if two_classes else math.nan,
+        "f1": float(f1_score(y_true, pred, zero_division=0)),
+    }
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: Tensor, *, chunk: int = 8192) -> np.ndarray:
+    """Sigmoid of the logits for every row of ``x``, in order, with the model in eval mode.
+
+    The model's previous mode (train or eval) is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [torch.sigmoid(model(x[i : i + chunk])[0].squeeze(-1)) for i in range(0, len(x), chunk)]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts).float().cpu().numpy() if parts else np.zeros(0)
+
+
+def evaluate_binary(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        return binary_metrics(y.cpu().numpy(), predict_proba(model, x))

@@ -1,0 +1,125 @@
+"""The nine training modes of DESIGN.md §4, as data: one step serves them all.
+
+Every mode is a combination of
+* a noise-free public term on a uniform batch of a public view (the hybrid rows, or the rows with
+  their sensitive columns replaced by N(0, 1) noise), and
+* a private term on a Poisson batch of original rows, per-example clipped and noised: either the full
+  loss on the original row (``full``, standard DP-SGD) or its difference against the public view
+  of the same row (``difference``, FusionDP's gradient calibration), optionally plus the
+  representation-consistency regularizer;
+combined as ``g = w_pub · g_pub + w_priv · g_priv``. The non-private modes are plain SGD on one view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORIGINAL, HYBRID, NOISE = "original", "hybrid", "noise"
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    name: str
+    description: str
+    private: bool
+    """True when the mode reads original sensitive values only through the DP mechanism."""
+    sgd_view: str | None = None
+    """For the non-DP modes: the view plain SGD trains on."""
+    public_view: str | None = None
+    private_loss: str | None = None
+    """'full' (ℓ on the original row) or 'difference' (ℓ(original) − ℓ(public view))."""
+    uses_regularizer: bool = False
+    guarantee: str = ""
+
+    def weights(self, *, alpha: float, beta: float) -> tuple[float, float]:
+        """(w_pub, w_priv) of ``g = w_pub · g_pub + w_priv · g_priv``."""
+        if not self.private:
+            return 1.0, 0.0
+        if self.private_loss == "full" and self.public_view is None:
+            return 0.0, 1.0
+        if self.private_loss == "full":  # naive fusion mixes the two gradients with β
+            return 1.0 - beta, beta
+        return 1.0, alpha
+
+    def regularizer_weight(self, *, beta: float) -> float:
+        return beta if self.uses_regularizer else 0.0
+
+
+_FEATURE = "(eps, delta) feature-level DP of the sensitive columns (zero-out neighbours)"
+_SAMPLE = "(eps, delta) sample-level DP of whole rows (add/remove neighbours)"
+
+MODES: dict[str, ModeSpec] = {
+    m.name: m
+    for m in (
+        ModeSpec(
+            "sgd_ori",
+            "plain SGD on original rows",
+            False,
+            sgd_view=ORIGINAL,
+            guarantee="none: original sensitive values are used without protection",
+        ),
+        ModeSpec(
+            "sgd_hybrid",
+            "plain SGD on hybrid rows",
+            False,
+            sgd_view=HYBRID,
+            guarantee="perfect: original sensitive values are never read",
+        ),
+        ModeSpec(
+            "sgd_pub",
+            "plain SGD, sensitive columns replaced by N(0,1) noise",
+            False,
+            sgd_view=NOISE,
+            guarantee="perfect: original sensitive values are never read",
+        ),
+        ModeSpec("dpsgd", "standard DP-SGD on original rows", True, private_loss="full", guarantee=_SAMPLE),
+        ModeSpec(
+            "naive_fusion",
+            "(1-beta)*SGD(hybrid) + beta*DP-SGD(original)",
+            True,
+            public_view=HYBRID,
+            private_loss="full",
+            guarantee=_SAMPLE,
+        ),
+        ModeSpec(
+            "naive_fusion_pub",
+            "(1-beta)*SGD(noise view) + beta*DP-SGD(original)",
+            True,
+            public_view=NOISE,
+            private_loss="full",
+            guarantee=_SAMPLE,
+        ),
+        ModeSpec(
+            "feature-dp",
+            "split step with the noise view, no regularizer",
+            True,
+            public_view=NOISE,
+            private_loss="difference",
+            guarantee=_FEATURE,
+        ),
+        ModeSpec(
+            "calibrated_fusion",
+            "split step with the hybrid view, no regularizer",
+            True,
+            public_view=HYBRID,
+            private_loss="difference",
+            guarantee=_FEATURE,
+        ),
+        ModeSpec(
+            "fusiondp",
+            "split step with the hybrid view and the regularizer",
+            True,
+            public_view=HYBRID,
+            private_loss="difference",
+            uses_regularizer=True,
+            guarantee=_FEATURE,
+        ),
+    )
+}
+
+
+def get_mode(name: str) -> ModeSpec:
+    try:
+        return MODES[name]
+    except KeyError:
+        raise ValueError(f"unknown --mode {name!r}; choose one of: {', '.join(MODES)}.") from None

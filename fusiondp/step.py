@@ -1,0 +1,213 @@
+"""The split-loss DP-SGD step (DESIGN.md §3), written once and parameterised by the mode.
+
+Phases of one step, in order:
+
+1. ``public_gradient``: noise-free gradient of the mean loss on a batch of a public view.
+2. ``per_example_gradients``: torch.func (vmap over grad of functional_call) gradients of each
+   private term L_i, one forward pass per row that evaluates both views together.
+3. ``clip_and_accumulate``: each per-example gradient scaled to norm ≤ C, then summed.
+4. ``add_noise``: N(0, σ²C²) on every coordinate of the sum.
+5. scale by 1/b (the expected Poisson batch size; or the realised size, for reference runs).
+6. ``apply_update``: θ ← θ − lr · (w_pub · g_pub + w_priv · g_priv), then project onto ‖θ‖ ≤ M.
+
+Privacy contract: the original rows ``x_private`` enter only through phase 2, whose output is
+clipped per row (phase 3) before anything else touches it, and the noise of phase 4 is drawn for
+every step, including steps whose Poisson batch is empty.
+
+Models used here return ``(logits, representation)`` and accept inputs with leading
+``(views, batch)`` dimensions; views of the same row must share their dropout masks (see
+:class:`fusiondp.models.ViewSharedDropout`) so that a row whose two views coincide contributes an
+exactly zero private term, the condition for the zero-out sensitivity C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from fusiondp.regularizer import consistency_penalty
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+"""Per-example loss: (logits[..., K], targets[...]) -> loss[...]."""
+
+Grads = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Hyperparameters of one step; built once per run from the mode and the CLI flags."""
+
+    lr: float
+    w_pub: float
+    w_priv: float
+    max_grad_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    expected_batch_size: float = 1.0
+    private_loss: str | None = None  # None, "full" or "difference"
+    reg_weight: float = 0.0
+    c_h: float | None = None
+    max_param_norm: float | None = 10.0
+    divide_by_realised_batch: bool = False
+
+    def __post_init__(self) -> None:
+        if self.private_loss not in (None, "full", "difference"):
+            raise ValueError(f"private_loss must be None, 'full' or 'difference', got {self.private_loss!r}.")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"--max_grad_norm must be > 0, got {self.max_grad_norm!r}.")
+        if self.reg_weight and not (self.c_h and self.c_h > 0):
+            raise ValueError(f"the regularizer needs C_h > 0, got c_h={self.c_h!r}.")
+        if self.private_loss == "full" and self.reg_weight:
+            raise ValueError("the regularizer needs a reference view ('difference' private loss).")
+
+
+def trainable_params(model: nn.Module) -> Grads:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def public_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss_fn: LossFn) -> Grads:
+    """∇θ of the mean loss over a batch of PUBLIC rows; no clipping, no noise."""
+    params = trainable_params(model)
+    logits, _ = model(x)
+    loss = loss_fn(logits, y).mean()
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return {name: g.detach() for name, g in zip(params, grads, strict=True)}
+
+
+def per_example_gradients(
+    model: nn.Module,
+    x_private: Tensor,
+    x_reference: Tensor | None,
+    y: Tensor,
+    *,
+    loss_fn: LossFn,
+    reg_weight: float = 0.0,
+    c_h: float | None = None,
+) -> Grads:
+    """Per-example gradients ∇θ L_i for a batch of B rows, each of shape ``(B, *param.shape)``.
+
+    ``L_i = ℓ(f(x_i), y_i)`` without a reference view, otherwise
+    ``L_i = ℓ(f(x_i), y_i) − ℓ(f(x̃_i), y_i) + reg_weight · min(‖h(x_i) − h(x̃_i)‖², C_h²) / C_h²``.
+    """
+    params = {k: v.detach() for k, v in trainable_params(model).items()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def private_term(p: Grads, x: Tensor, x_ref: Tensor | None, target: Tensor) -> Tensor:
+        if x_ref is None:
+            logits, _ = functional_call(model, (p, buffers), (x[None, None],))
+            return loss_fn(logits[0, 0], target)
+        # One forward over both views, stacked on a leading view axis: they share dropout masks.
+        logits, h = functional_call(model, (p, buffers), (torch.stack([x, x_ref])[:, None],))
+        term = loss_fn(logits[0, 0], target) - loss_fn(logits[1, 0], target)
+        if reg_weight:
+            term = term + reg_weight * consistency_penalty(h[0, 0], h[1, 0], c_h=c_h)
+        return term
+
+    ref_dim = None if x_reference is None else 0
+    return vmap(grad(private_term), in_dims=(None, 0, ref_dim, 0), randomness="different")(
+        params, x_private, x_reference, y
+    )
+
+
+def per_example_norms(per_example: Grads) -> Tensor:
+    flat = [g.flatten(start_dim=1) for g in per_example.values()]
+    return torch.cat(flat, dim=1).norm(dim=1)
+
+
+def clip_and_accumulate(per_example: Grads, *, max_grad_norm: float) -> tuple[Grads, Tensor]:
+    """Σ_i clip_C(g_i) and the per-example norms before clipping.
+
+    The factor min(1, C / (‖g_i‖ + 1e-6)) keeps every clipped norm ≤ C, as Opacus does.
+    """
+    norms = per_example_norms(per_example)
+    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    summed = {name: torch.einsum("b,b...->...", factors, g) for name, g in per_example.items()}
+    return summed, norms
+
+
+def add_noise(summed: Grads, *, std: float, generator: torch.Generator) -> Grads:
+    """Add N(0, std²) independently to every coordinate."""
+    if std == 0:
+        return summed
+    return {
+        name: g + torch.normal(0.0, std, size=g.shape, generator=generator, device=g.device, dtype=g.dtype)
+        for name, g in summed.items()
+    }
+
+
+def private_gradient(
+    model: nn.Module,
+    x_private: Tensor,
+    x_reference: Tensor | None,
+    y: Tensor,
+    *,
+    cfg: StepConfig,
+    loss_fn: LossFn,
+    generator: torch.Generator,
+) -> tuple[Grads, Tensor]:
+    """g_priv = (Σ_i clip_C(∇L_i) + N(0, σ²C²)) / b for one Poisson batch (which may be empty)."""
+    params = trainable_params(model)
+    batch_size = x_private.shape[0]
+    if batch_size == 0:
+        summed = {k: torch.zeros_like(p) for k, p in params.items()}
+        norms = x_private.new_zeros(0)
+    else:
+        per_example = per_example_gradients(
+            model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
+        )
+        summed, norms = clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
+    noised = add_noise(summed, std=cfg.noise_multiplier * cfg.max_grad_norm, generator=generator)
+    divisor = max(batch_size, 1) if cfg.divide_by_realised_batch else cfg.expected_batch_size
+    return {k: g / divisor for k, g in noised.items()}, norms
+
+
+@torch.no_grad()
+def apply_update(model: nn.Module, update: Grads, *, lr: float, max_param_norm: float | None) -> None:
+    """θ ← θ − lr · update, then project θ onto the ball ‖θ‖₂ ≤ M (global norm over all parameters)."""
+    params = trainable_params(model)
+    for name, p in params.items():
+        p.sub_(lr * update[name])
+    if max_param_norm:
+        total = torch.sqrt(sum(p.pow(2).sum() for p in params.values()))
+        if total > max_param_norm:
+            for p in params.values():
+                p.mul_(max_param_norm / total)
+
+
+def fusion_step(
+    model: nn.Module,
+    *,
+    x_public: Tensor | None,
+    y_public: Tensor | None,
+    x_private: Tensor | None,
+    x_reference: Tensor | None,
+    y_private: Tensor | None,
+    cfg: StepConfig,
+    loss_fn: LossFn,
+    generator: torch.Generator,
+) -> dict:
+    """One step: g = w_pub · g_pub + w_priv · g_priv, an SGD update, the projection.
+
+    ``x_public`` is a batch of a public view (unused when ``cfg.w_pub == 0``); ``x_private`` the
+    Poisson batch of ORIGINAL rows and ``x_reference`` the same rows in the public view (only for
+    the 'difference' private loss). Returns step statistics (batch size, clipped fraction).
+    """
+    params = trainable_params(model)
+    update = {k: torch.zeros_like(p) for k, p in params.items()}
+    stats: dict = {}
+    if cfg.w_pub:
+        for k, g in public_gradient(model, x_public, y_public, loss_fn=loss_fn).items():
+            update[k] += cfg.w_pub * g
+    if cfg.private_loss is not None:
+        ref = x_reference if cfg.private_loss == "difference" else None
+        g_priv, norms = private_gradient(
+            model, x_private, ref, y_private, cfg=cfg, loss_fn=loss_fn, generator=generator
+        )
+        for k, g in g_priv.items():
+            update[k] += cfg.w_priv * g
+        stats = {"private_batch_size": int(norms.numel()), "clipped": int((norms > cfg.max_grad_norm).sum())}
+    apply_update(model, update, lr=cfg.lr, max_param_norm=cfg.max_param_norm)
+    return stats

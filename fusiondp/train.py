@@ -1,0 +1,270 @@
+"""The training loop every dataset script shares, and the run → result-record wrapper.
+
+Sampling: DP modes draw their private batch by Poisson sampling (each row independently with
+probability q = b/N), as the accountant assumes, and their public batch uniformly without
+replacement; the non-private modes use shuffled batches of exactly b rows. Every mode runs exactly
+T = round(epochs · N / b) steps and is evaluated on every val and test row at each epoch boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fusiondp.cli import check_training_args, resolve_device, seed_everything
+from fusiondp.data import TabularData
+from fusiondp.metrics import evaluate_binary
+from fusiondp.modes import ModeSpec, get_mode
+from fusiondp.privacy import PrivacySpec, make_privacy_spec, num_steps
+from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
+from fusiondp.results import append_record, command_line, git_commit
+from fusiondp.step import LossFn, StepConfig, fusion_step
+
+Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
+
+
+def epoch_boundaries(*, steps: int, epochs: float) -> list[int]:
+    """Step counts after which an epoch ends (the last one is always T)."""
+    n_epochs = max(1, round(epochs))
+    bounds = sorted({max(1, round((e + 1) * steps / n_epochs)) for e in range(n_epochs)})
+    bounds[-1] = steps
+    return bounds
+
+
+class BatchSampler:
+    """Row indices for each step, from a dedicated seeded generator (independent of the data)."""
+
+    def __init__(self, num_rows: int, *, seed: int) -> None:
+        self.num_rows = num_rows
+        self.generator = torch.Generator().manual_seed(seed)
+        self._stream = torch.empty(0, dtype=torch.long)
+
+    def poisson(self, sample_rate: float) -> torch.Tensor:
+        mask = torch.rand(self.num_rows, generator=self.generator) < sample_rate
+        return mask.nonzero().squeeze(1)
+
+    def uniform(self, size: int) -> torch.Tensor:
+        return torch.randperm(self.num_rows, generator=self.generator)[: min(size, self.num_rows)]
+
+    def shuffled(self, size: int) -> torch.Tensor:
+        """Consecutive slices of a stream of random permutations: every batch has ``size`` rows."""
+        while len(self._stream) < size:
+            self._stream = torch.cat([self._stream, torch.randperm(self.num_rows, generator=self.generator)])
+        batch, self._stream = self._stream[:size], self._stream[size:]
+        return batch
+
+
+def train(
+    model: nn.Module,
+    data: TabularData,
+    *,
+    mode: ModeSpec,
+    cfg: StepConfig,
+    steps: int,
+    epochs: float,
+    batch_size: int,
+    public_batch_size: int,
+    seed: int,
+    loss_fn: LossFn,
+    evaluate: Evaluator,
+    progress: bool = True,
+) -> tuple[list[dict], float]:
+    """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded)."""
+    device = data.y.device
+    sampler = BatchSampler(data.num_rows, seed=seed)
+    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    sample_rate = batch_size / data.num_rows
+    bounds = epoch_boundaries(steps=steps, epochs=epochs)
+    log: list[dict] = []
+    train_seconds = 0.0
+    clipped = seen = 0
+    model.train()
+    bar = tqdm(total=steps, desc=mode.name, disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        batch: dict = {
+            "x_public": None,
+            "y_public": None,
+            "x_private": None,
+            "x_reference": None,
+            "y_private": None,
+        }
+        if not mode.private:
+            rows = sampler.shuffled(batch_size).to(device)
+            batch.update(x_public=data.view(mode.sgd_view)[rows], y_public=data.y[rows])
+        else:
+            if cfg.w_pub:
+                rows = sampler.uniform(public_batch_size).to(device)
+                batch.update(x_public=data.view(mode.public_view)[rows], y_public=data.y[rows])
+            rows = sampler.poisson(sample_rate).to(device)
+            batch.update(x_private=data.original[rows], y_private=data.y[rows])
+            if mode.private_loss == "difference":
+                batch["x_reference"] = data.view(mode.public_view)[rows]
+        stats = fusion_step(model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator)
+        clipped += stats.get("clipped", 0)
+        seen += stats.get("private_batch_size", 0)
+        bar.update(1)
+        if step in bounds:
+            train_seconds += time.perf_counter() - start
+            metrics = evaluate(model)
+            entry = {"epoch": bounds.index(step) + 1, "step": step}
+            for split, values in metrics.items():
+                entry.update({f"{split}_{k}": v for k, v in values.items()})
+            if mode.private:
+                entry["clipped_fraction"] = clipped / max(seen, 1)
+            log.append(entry)
+            bar.set_postfix(val_aupr=f"{entry.get('val_aupr', float('nan')):.4f}")
+            start = time.perf_counter()
+    bar.close()
+    return log, train_seconds
+
+
+def resolve_c_h(
+    args: argparse.Namespace, mode: ModeSpec, model: nn.Module, data: TabularData, *, seed: int
+) -> tuple[float | None, str]:
+    """C_h and where it came from. Only ``--c_h_from_private`` reads original rows (and says so)."""
+    if not mode.uses_regularizer:
+        return None, "unused"
+    if args.c_h is not None:
+        return float(args.c_h), "given (--c_h)"
+    if args.c_h_from_private:
+        return estimate_c_h_from_private(model, data.original, data.hybrid), (
+            "estimated from ORIGINAL rows at initialisation (--c_h_from_private): NOT PRIVATE"
+        )
+    generator = torch.Generator().manual_seed(seed + 2)
+    c_h = estimate_c_h_public(
+        model, data.hybrid, sensitive_columns=data.sensitive_features, generator=generator
+    )
+    return c_h, "estimated from hybrid rows at initialisation (public)"
+
+
+def run_experiment(
+    args: argparse.Namespace,
+    *,
+    dataset: str,
+    data: TabularData,
+    build_model: Callable[[int], nn.Module],
+    loss_fn: LossFn,
+    extra_record: dict | None = None,
+) -> dict:
+    """Calibrate, train, evaluate and record one run; return its result record.
+
+    ``data`` holds the original rows; they reach the model only through :func:`fusion_step`'s
+    private term (DP modes) or, for ``sgd_ori``, without protection, as that mode's record states.
+    """
+    check_training_args(args)
+    mode = get_mode(args.mode)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    data = data.to(device)
+    n = data.num_rows
+    privacy: PrivacySpec | None = None
+    if mode.private:
+        privacy = make_privacy_spec(
+            epsilon=args.epsilon,
+            delta=args.delta,
+            batch_size=args.batch_size,
+            num_rows=n,
+            epochs=args.epochs,
+            accountant=args.accountant,
+        )
+        steps = privacy.steps
+    else:
+        steps = num_steps(epochs=args.epochs, num_rows=n, batch_size=args.batch_size)
+
+    model = build_model(data.original.shape[1]).to(device)
+    c_h, c_h_source = resolve_c_h(args, mode, model, data, seed=args.seed)
+    w_pub, w_priv = mode.weights(alpha=args.alpha, beta=args.beta)
+    cfg = StepConfig(
+        lr=args.lr,
+        w_pub=w_pub,
+        w_priv=w_priv,
+        max_grad_norm=args.max_grad_norm,
+        noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+        expected_batch_size=float(args.batch_size),
+        private_loss=mode.private_loss,
+        reg_weight=mode.regularizer_weight(beta=args.beta),
+        c_h=c_h,
+        max_param_norm=args.max_param_norm or None,
+        divide_by_realised_batch=args.divide_by_realised_batch,
+    )
+
+    def evaluate(m: nn.Module) -> dict[str, dict[str, float]]:
+        return {
+            "val": evaluate_binary(m, data.x_val, data.y_val),
+            "test": evaluate_binary(m, data.x_test, data.y_test),
+        }
+
+    log, train_seconds = train(
+        model,
+        data,
+        mode=mode,
+        cfg=cfg,
+        steps=steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        public_batch_size=args.public_batch_size,
+        seed=args.seed,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        progress=not args.no_progress,
+    )
+    outside_guarantee = []
+    if args.c_h_from_private and mode.uses_regularizer:
+        outside_guarantee.append("C_h estimated from original sensitive values (--c_h_from_private)")
+    if args.divide_by_realised_batch and mode.private:
+        outside_guarantee.append("private sum divided by the realised batch size (reference option)")
+    final = log[-1]
+    record = {
+        "dataset": dataset,
+        "mode": mode.name,
+        "epsilon": args.epsilon,
+        "delta": args.delta,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "public_batch_size": args.public_batch_size,
+        "lr": args.lr,
+        "max_grad_norm": args.max_grad_norm,
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "max_param_norm": args.max_param_norm,
+        "c_h": c_h,
+        "c_h_source": c_h_source,
+        "w_pub": w_pub,
+        "w_priv": w_priv,
+        "regularizer_weight": cfg.reg_weight,
+        "sigma": privacy.noise_multiplier if privacy else None,
+        "sample_rate": args.batch_size / n,
+        "steps": steps,
+        "accountant": args.accountant if privacy else None,
+        "epsilon_spent": privacy.epsilon_spent if privacy else (None if mode.name == "sgd_ori" else 0.0),
+        "neighbouring_relation": "zero-out"
+        if mode.private_loss == "difference"
+        else ("add/remove (whole row)" if privacy else None),
+        "guarantee": mode.guarantee,
+        "privacy_guarantee_holds": mode.name != "sgd_ori" and not outside_guarantee,
+        "outside_guarantee": outside_guarantee,
+        "divide_by_realised_batch": args.divide_by_realised_batch,
+        **{k: final[k] for k in final if k.startswith(("val_", "test_"))},
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(len(log), 1),
+        "num_train_rows": n,
+        "num_features": data.original.shape[1],
+        "epochs_log": log,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+        "command": command_line(),
+        **(extra_record or {}),
+    }
+    if args.results_json:
+        append_record(args.results_json, record)
+    return record
