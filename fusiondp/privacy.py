@@ -16,6 +16,7 @@ numbers are a sample-level add/remove guarantee.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 from opacus.accountants import create_accountant
@@ -92,8 +93,10 @@ def calibrate_noise(
     _check_accountant(accountant)
     if not (0.0 < sample_rate <= 1.0):
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
-    return float(
-        get_noise_multiplier(
+    with warnings.catch_warnings():
+        # The bisection probes very large σ, where the best RDP order is the largest: not a concern.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        sigma = get_noise_multiplier(
             target_epsilon=epsilon,
             target_delta=delta,
             sample_rate=sample_rate,
@@ -101,7 +104,7 @@ def calibrate_noise(
             accountant=accountant,
             **_accountant_kwargs(accountant),
         )
-    )
+    return float(sigma)
 
 
 def epsilon_spent(

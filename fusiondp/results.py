@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -66,16 +67,41 @@ def load_records(path: str | os.PathLike) -> list[dict]:
 
 
 def _same(recorded, wanted: str) -> bool:
+    if isinstance(recorded, bool):
+        return str(recorded).lower() == wanted.lower()
     try:
         return float(recorded) == float(wanted)
     except (TypeError, ValueError):
         return str(recorded) == wanted
 
 
+def _lookup(record: dict, key: str):
+    """A run's setting: from its full argument dict when present, else the flat record."""
+    args = record.get("args") or {}
+    return args[key] if key in args else record.get(key)
+
+
 def has_record(path: str | os.PathLike, conditions: dict[str, str]) -> bool:
     if not Path(path).exists():
         return False
-    return any(all(_same(r.get(k), v) for k, v in conditions.items()) for r in load_records(path))
+    return any(all(_same(_lookup(r, k), v) for k, v in conditions.items()) for r in load_records(path))
+
+
+def flags_to_conditions(flags: list[str]) -> dict[str, str]:
+    """``['--epochs', '5', '--c_h_from_private']`` → ``{'epochs': '5', 'c_h_from_private': 'true'}``."""
+    conditions, i = {}, 0
+    while i < len(flags):
+        token = flags[i]
+        if not token.startswith("--"):
+            raise ValueError(f"expected a --flag, got {token!r} in {flags}")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            has_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+            value = flags[i + 1] if has_value else "true"
+            i += has_value
+        conditions[key] = value
+        i += 1
+    return conditions
 
 
 def git_commit() -> str | None:
@@ -109,10 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="KEY=VALUE",
         required=True,
-        help="exit 0 if some record matches all of these, else 1",
+        help="exit 0 if some record matches all of these (and --flags), else 1",
+    )
+    parser.add_argument(
+        "--flags",
+        default="",
+        help="training-script flags that must match too, as one string: --flags='--epochs 5'",
     )
     args = parser.parse_args(argv)
-    conditions = {}
+    conditions = flags_to_conditions(shlex.split(args.flags))
     for item in args.contains:
         key, sep, value = item.partition("=")
         if not sep:

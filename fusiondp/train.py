@@ -12,6 +12,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -218,8 +219,10 @@ def run_experiment(
     outside_guarantee = []
     if args.c_h_from_private and mode.uses_regularizer:
         outside_guarantee.append("C_h estimated from original sensitive values (--c_h_from_private)")
-    if args.divide_by_realised_batch and mode.private:
-        outside_guarantee.append("private sum divided by the realised batch size (reference option)")
+    if args.divide_by_realised_batch and mode.private_loss == "full":
+        # |B| reveals whether a row was sampled, i.e. its membership: fine for feature-level DP (every
+        # row is always present), not for the sample-level guarantee of dpsgd/naive fusion.
+        outside_guarantee.append("private sum divided by the realised batch size (reveals membership)")
     final = log[-1]
     record = {
         "dataset": dataset,
@@ -263,6 +266,7 @@ def run_experiment(
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "command": command_line(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         **(extra_record or {}),
     }
     if args.results_json:

@@ -1,0 +1,133 @@
+"""Markdown tables (mean ± std and count per cell) and a privacy-utility plot from result records.
+
+    python scripts/make_tables.py results/sepsis.jsonl --group mode epsilon
+    python scripts/make_tables.py results/sepsis.jsonl --group alpha beta --where mode=fusiondp
+    python scripts/make_tables.py results/sepsis.jsonl --plot docs/sepsis_aupr.png --out docs/table.md
+
+The plot draws --y (default test AUPR) against ε, one line per mode; modes with a single ε (the
+non-private baselines) are drawn as horizontal dashed lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from fusiondp.modes import MODES
+from fusiondp.results import flags_to_conditions, load_records
+
+DEFAULT_METRICS = ["test_aupr", "test_auroc", "test_f1", "test_acc"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="JSON-lines result files")
+    parser.add_argument("--group", nargs="+", default=["mode", "epsilon"], help="columns to group by")
+    parser.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS)
+    parser.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="keep matching runs only")
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here too")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG: --y against epsilon per mode")
+    parser.add_argument("--y", default="test_aupr", help="metric of the plot")
+    return parser
+
+
+def load_frame(paths: list[Path], where: list[str]) -> pd.DataFrame:
+    records = [r for p in paths for r in load_records(p)]
+    if not records:
+        raise SystemExit(f"no records in {[str(p) for p in paths]}")
+    frame = pd.DataFrame(records)
+    for key, value in flags_to_conditions([f"--{w}" for w in where]).items():
+        if key not in frame:
+            raise SystemExit(f"--where {key}={value}: no column {key!r} in the records")
+        frame = frame[frame[key].astype(str).isin([value, str(float(value)) if _numeric(value) else value])]
+    return frame
+
+
+def _numeric(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _mode_order(frame: pd.DataFrame) -> pd.DataFrame:
+    if "mode" in frame:
+        order = {m: i for i, m in enumerate(MODES)}
+        return frame.assign(_order=frame["mode"].map(order)).sort_values(["_order"], kind="stable")
+    return frame
+
+
+def markdown_table(frame: pd.DataFrame, *, group: list[str], metrics: list[str]) -> str:
+    missing = [c for c in [*group, *metrics] if c not in frame]
+    if missing:
+        raise SystemExit(f"column(s) {missing} are not in the records; available: {sorted(frame.columns)}")
+    grouped = frame.groupby(group, sort=True, dropna=False)
+    stats = grouped[metrics].agg(["mean", "std"])
+    stats.columns = [f"{metric}:{stat}" for metric, stat in stats.columns]
+    stats = stats.assign(n=grouped.size()).reset_index()
+    stats = _mode_order(stats)
+    header = [*group, *metrics, "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in stats.iterrows():
+        cells = [str(row[g]) for g in group]
+        for m in metrics:
+            std = row[f"{m}:std"]
+            cells.append(f"{row[f'{m}:mean']:.4f} ± {0.0 if pd.isna(std) else std:.4f}")
+        cells.append(str(int(row["n"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def privacy_utility_plot(frame: pd.DataFrame, *, y: str, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[plots]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode in [m for m in MODES if m in set(frame["mode"])]:
+        stats = frame[frame["mode"] == mode].groupby("epsilon")[y].agg(["mean", "std"]).reset_index()
+        if len(stats) == 1:
+            ax.axhline(stats["mean"].iloc[0], linestyle="--", linewidth=1, label=f"{mode} (no ε)")
+        else:
+            ax.errorbar(
+                stats["epsilon"],
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                marker="o",
+                capsize=3,
+                label=mode,
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ε (target)")
+    ax.set_ylabel(y)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+
+
+def main(args: argparse.Namespace) -> str:
+    frame = load_frame(args.results, args.where)
+    table = markdown_table(frame, group=args.group, metrics=args.metrics)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+    if args.plot:
+        privacy_utility_plot(frame, y=args.y, path=args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return table
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
