@@ -193,7 +193,7 @@ def fusion_step(
 
     ``x_public`` is a batch of a public view (unused when ``cfg.w_pub == 0``); ``x_private`` the
     Poisson batch of ORIGINAL rows and ``x_reference`` the same rows in the public view (only for
-    the 'difference' private loss). Returns step statistics (batch size, clipped fraction).
+    the 'difference' private loss). Returns the private batch size (nothing computed from private values).
     """
     params = trainable_params(model)
     update = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -208,6 +208,8 @@ def fusion_step(
         )
         for k, g in g_priv.items():
             update[k] += cfg.w_priv * g
-        stats = {"private_batch_size": int(norms.numel()), "clipped": int((norms > cfg.max_grad_norm).sum())}
+        # Only the batch size leaves this function. Statistics of the per-example norms (such as
+        # the clipped fraction) are functions of the original sensitive values that bypass the noise.
+        stats = {"private_batch_size": int(norms.numel())}
     apply_update(model, update, lr=cfg.lr, max_param_norm=cfg.max_param_norm)
     return stats

@@ -84,7 +84,6 @@ def train(
     bounds = epoch_boundaries(steps=steps, epochs=epochs)
     log: list[dict] = []
     train_seconds = 0.0
-    clipped = seen = 0
     model.train()
     bar = tqdm(total=steps, desc=mode.name, disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
@@ -107,9 +106,7 @@ def train(
             batch.update(x_private=data.original[rows], y_private=data.y[rows])
             if mode.private_loss == "difference":
                 batch["x_reference"] = data.view(mode.public_view)[rows]
-        stats = fusion_step(model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator)
-        clipped += stats.get("clipped", 0)
-        seen += stats.get("private_batch_size", 0)
+        fusion_step(model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator)
         bar.update(1)
         if step in bounds:
             train_seconds += time.perf_counter() - start
@@ -117,8 +114,6 @@ def train(
             entry = {"epoch": bounds.index(step) + 1, "step": step}
             for split, values in metrics.items():
                 entry.update({f"{split}_{k}": v for k, v in values.items()})
-            if mode.private:
-                entry["clipped_fraction"] = clipped / max(seen, 1)
             log.append(entry)
             bar.set_postfix(val_aupr=f"{entry.get('val_aupr', float('nan')):.4f}")
             start = time.perf_counter()

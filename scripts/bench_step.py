@@ -1,0 +1,483 @@
+"""Benchmark the nine modes on sepsis: training seconds per epoch, peak resident memory, and where
+FusionDP's step time goes. A benchmark, not a test: run it on an otherwise idle machine.
+
+    python scripts/bench_step.py --epochs 2 --repeats 3 --results_json results/bench.jsonl --out docs/bench.md
+
+Quick smoke test (two modes, one run each):
+
+    python scripts/bench_step.py --epochs 1 --repeats 1 --modes sgd_ori fusiondp
+
+Per mode and repeat, a FRESH process runs the training script with the reference defaults,
+
+    python train_fusiondp_sepsis.py --mode M --epochs E --no_progress --seed S --results_json TMP
+
+and seconds/epoch is read from the record it appends (training time only; evaluation excluded). The
+runs are interleaved (repeat 1 of every mode, then repeat 2, ...) so a drift in background load hits
+every mode alike; every repeat uses the same seed, so the repeats do identical work. The table gives
+the median over repeats, the ratio to sgd_ori's median, and the largest peak RSS over the repeats.
+
+Then, in this process and after a warm-up, it times the phases of one step on the real sepsis tensors
+with the sepsis MLP (median over --phase_calls calls): the public gradient on a 4096-row hybrid batch,
+the per-example private gradients of a 128-row batch (difference loss + regularizer), a plain SGD
+gradient on 128 original rows, and whole fusion steps of fusiondp and sgd_ori.
+
+Targets stated by the project, reported as met or not (never adjusted): fusiondp ≤ 5× sgd_ori
+seconds per epoch, and every mode ≤ 2 GB (2000 MB, MB = 10^6 bytes) peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fusiondp.data import data_root, prepare_tabular
+from fusiondp.models import binary_bce, sepsis_mlp
+from fusiondp.modes import MODES
+from fusiondp.privacy import make_privacy_spec
+from fusiondp.regularizer import estimate_c_h_public
+from fusiondp.results import append_record, command_line, git_commit, load_records
+from fusiondp.step import StepConfig, fusion_step, per_example_gradients, public_gradient
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_SCRIPT = REPO / "train_fusiondp_sepsis.py"
+FUSIONDP_MAX_RATIO = 5.0
+MAX_RSS_MB = 2000.0
+
+# Peak memory. The child is wrapped in this `python -c` program, which runs the training script with
+# runpy (same argv, `__name__ == "__main__"`) and, when it ends, writes its own peak resident set size
+# to a file. It reads VmHWM from /proc/self/status, not ru_maxrss: on Linux ru_maxrss (getrusage
+# RUSAGE_SELF, wait4, or RUSAGE_CHILDREN, which is a max over all children anyway) carries over the
+# PARENT's peak across fork+exec, so after this process has imported torch and loaded the data every
+# child would report at least our own peak. VmHWM is the high-water mark of the process's own address
+# space, which exec replaces. Where /proc is missing (not Linux) it falls back to ru_maxrss (bytes on
+# macOS, KiB elsewhere) and says so in the file. /usr/bin/time -v would measure the same thing as
+# VmHWM but is not installed everywhere; this needs nothing beyond Python.
+CHILD_WRAPPER = r"""
+import json, resource, runpy, sys
+peak_file, script, *rest = sys.argv[1:]
+sys.argv = [script, *rest]
+try:
+    runpy.run_path(script, run_name="__main__")
+finally:
+    try:
+        with open("/proc/self/status") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+        peak, source = kib * 1024, "VmHWM"
+    except (OSError, StopIteration):
+        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak, source = (raw if sys.platform == "darwin" else raw * 1024), "ru_maxrss"
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    with open(peak_file, "w") as fh:
+        json.dump({"peak_rss_bytes": peak, "source": source, "torch_threads": threads}, fh)
+"""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--epochs", type=float, default=2, help="epochs per training run (default 2, enough for timing)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per mode (median)")
+    parser.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE", help="default: all"
+    )
+    parser.add_argument(
+        "--data_dir", type=Path, default=None, help="sepsis data folder (default: $FUSIONDP_DATA/sepsis)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="--seed of every training run")
+    parser.add_argument(
+        "--phase_calls", type=int, default=50, help="timed calls per step phase (0 skips the phase timing)"
+    )
+    parser.add_argument("--phase_warmup", type=int, default=5, help="untimed calls before each phase")
+    parser.add_argument(
+        "--results_json", type=Path, default=None, help="append one JSON record of this benchmark here"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
+    return parser
+
+
+def _sepsis_module():
+    """The sepsis training script as a module (it lives at the repository root, not in the package)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import train_fusiondp_sepsis
+
+    return train_fusiondp_sepsis
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> dict:
+    """One training run of ``mode`` in a fresh process: its seconds/epoch and peak RSS."""
+    results = workdir / f"{tag}.jsonl"
+    peak_file = workdir / f"{tag}.peak.json"
+    train_flags = ["--mode", mode, "--epochs", str(args.epochs), "--no_progress", "--seed", str(args.seed)]
+    train_flags += ["--results_json", str(results)]
+    if args.data_dir is not None:
+        train_flags += ["--data_dir", str(args.data_dir.resolve())]
+    command = [sys.executable, "-c", CHILD_WRAPPER, str(peak_file), str(TRAIN_SCRIPT), *train_flags]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
+        raise SystemExit(f"training run failed (exit {proc.returncode}): {TRAIN_SCRIPT.name} {train_flags}")
+    record = load_records(results)[-1]
+    peak = json.loads(peak_file.read_text())
+    return {
+        "seconds_per_epoch": float(record["seconds_per_epoch"]),
+        "train_seconds": float(record["train_seconds"]),
+        "steps": int(record["steps"]),
+        "peak_rss_mb": peak["peak_rss_bytes"] / 1e6,
+        "peak_rss_source": peak["source"],
+        "torch_threads": peak["torch_threads"],
+        "wall_seconds": wall,
+    }
+
+
+def time_calls(fn: Callable[[], object], *, calls: int, warmup: int) -> float:
+    """Median wall milliseconds of ``fn()`` over ``calls`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def time_phases(args: argparse.Namespace) -> dict:
+    """Median ms per call of each phase of a step, on the real sepsis tensors with the sepsis MLP."""
+    sepsis = _sepsis_module()
+    ref = sepsis.get_args_parser().parse_args([])  # the reference defaults of the training script
+    data_dir = args.data_dir or data_root() / "sepsis"
+    frames = sepsis.load_frames(data_dir)
+    data, _ = prepare_tabular(
+        frames["original"],
+        frames["hybrid"],
+        frames["val"],
+        frames["test"],
+        sensitive=sepsis.SENSITIVE,
+        public=sepsis.PUBLIC,
+        label=sepsis.LABEL,
+        noise_seed=args.seed,
+    )
+    n = data.num_rows
+    torch.manual_seed(args.seed)
+    model = sepsis_mlp(data.original.shape[1])
+    model.train()  # dropout on, as in training
+    generator = torch.Generator().manual_seed(args.seed + 2)
+    c_h = estimate_c_h_public(
+        model, data.hybrid, sensitive_columns=data.sensitive_features, generator=generator
+    )
+    fusion = MODES["fusiondp"]
+    reg_weight = fusion.regularizer_weight(beta=ref.beta)
+    # Fixed batches drawn once: the timings are of the computation, not of sampling or gathering rows.
+    pub_rows = torch.randperm(n, generator=generator)[: min(ref.public_batch_size, n)]
+    priv_rows = torch.randperm(n, generator=generator)[: ref.batch_size]
+    x_pub, y_pub = data.hybrid[pub_rows], data.y[pub_rows]
+    x_priv, x_ref, y_priv = data.original[priv_rows], data.hybrid[priv_rows], data.y[priv_rows]
+
+    privacy = make_privacy_spec(
+        epsilon=ref.epsilon,
+        delta=ref.delta,
+        batch_size=ref.batch_size,
+        num_rows=n,
+        epochs=ref.epochs,
+        accountant=ref.accountant,
+    )
+    w_pub, w_priv = fusion.weights(alpha=ref.alpha, beta=ref.beta)
+    fusion_cfg = StepConfig(
+        lr=ref.lr,
+        w_pub=w_pub,
+        w_priv=w_priv,
+        max_grad_norm=ref.max_grad_norm,
+        noise_multiplier=privacy.noise_multiplier,
+        expected_batch_size=float(ref.batch_size),
+        private_loss=fusion.private_loss,
+        reg_weight=reg_weight,
+        c_h=c_h,
+        max_param_norm=ref.max_param_norm or None,
+    )
+    sgd_cfg = StepConfig(lr=ref.lr, w_pub=1.0, w_priv=0.0, max_param_norm=ref.max_param_norm or None)
+    step_model = copy.deepcopy(model)  # whole steps update their parameters; keep the phase model fixed
+    noise_generator = torch.Generator().manual_seed(args.seed + 1)
+
+    def fusiondp_step():
+        return fusion_step(
+            step_model,
+            x_public=x_pub,
+            y_public=y_pub,
+            x_private=x_priv,
+            x_reference=x_ref,
+            y_private=y_priv,
+            cfg=fusion_cfg,
+            loss_fn=binary_bce,
+            generator=noise_generator,
+        )
+
+    def sgd_step():
+        return fusion_step(
+            step_model,
+            x_public=x_priv,
+            y_public=y_priv,
+            x_private=None,
+            x_reference=None,
+            y_private=None,
+            cfg=sgd_cfg,
+            loss_fn=binary_bce,
+            generator=noise_generator,
+        )
+
+    phases: dict[str, Callable[[], object]] = {
+        f"public_gradient: hybrid, {len(pub_rows)} rows": lambda: public_gradient(
+            model, x_pub, y_pub, loss_fn=binary_bce
+        ),
+        f"per_example_gradients: difference + regularizer, {len(priv_rows)} rows": lambda: (
+            per_example_gradients(
+                model, x_priv, x_ref, y_priv, loss_fn=binary_bce, reg_weight=reg_weight, c_h=c_h
+            )
+        ),
+        f"plain SGD gradient: original, {len(priv_rows)} rows": lambda: public_gradient(
+            model, x_priv, y_priv, loss_fn=binary_bce
+        ),
+        "whole fusion_step, fusiondp (+ clip, noise, update)": fusiondp_step,
+        "whole fusion_step, sgd_ori (+ update)": sgd_step,
+    }
+    steps_per_epoch = max(1, round(n / ref.batch_size))
+    out = {}
+    for name, fn in phases.items():
+        ms = time_calls(fn, calls=args.phase_calls, warmup=args.phase_warmup)
+        out[name] = {
+            "median_ms": ms,
+            "calls": args.phase_calls,
+            "seconds_per_epoch": ms * steps_per_epoch / 1e3,
+        }
+    return {
+        "phases": out,
+        "steps_per_epoch": steps_per_epoch,
+        "c_h": c_h,
+        "noise_multiplier": privacy.noise_multiplier,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def check_targets(per_mode: dict, measured_all: bool) -> list[dict]:
+    targets = []
+    fus, ori = per_mode.get("fusiondp"), per_mode.get("sgd_ori")
+    ratio = fus["ratio_to_sgd_ori"] if fus and ori else None
+    targets.append(
+        {
+            "target": f"fusiondp ≤ {FUSIONDP_MAX_RATIO:g}× sgd_ori seconds/epoch",
+            "value": None if ratio is None else f"{ratio:.2f}×",
+            "met": None if ratio is None else ratio <= FUSIONDP_MAX_RATIO,
+        }
+    )
+    worst = max(per_mode, key=lambda m: per_mode[m]["peak_rss_mb_max"]) if per_mode else None
+    over = [m for m, r in per_mode.items() if r["peak_rss_mb_max"] > MAX_RSS_MB]
+    value = None
+    if worst is not None:
+        value = f"max {per_mode[worst]['peak_rss_mb_max']:.0f} MB ({worst})"
+        if over:
+            value += f"; over: {', '.join(over)}"
+        if not measured_all:
+            value += f"; only {len(per_mode)} of 9 modes measured"
+    targets.append(
+        {
+            "target": f"every mode ≤ {MAX_RSS_MB / 1000:g} GB peak RSS",
+            "value": value,
+            "met": None if worst is None else not over,
+        }
+    )
+    return targets
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else ("met" if met else "NOT met")
+
+
+def render_markdown(record: dict) -> str:
+    m = record["machine"]
+    lines = [
+        f"## Mode benchmark on sepsis ({record['epochs']:g} epoch(s), median of {record['repeats']} "
+        "fresh-process run(s))",
+        "",
+        "| mode | seconds/epoch (median) | ratio to sgd_ori | peak RSS (MB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode, r in record["modes"].items():
+        ratio = "n/a" if r["ratio_to_sgd_ori"] is None else f"{r['ratio_to_sgd_ori']:.2f}×"
+        lines.append(
+            f"| {mode} | {r['seconds_per_epoch_median']:.3f} | {ratio} | {r['peak_rss_mb_max']:.0f} |"
+        )
+    child_threads = sorted({r["torch_threads"] for r in record["modes"].values()} - {None})
+    lines += [
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores"
+        + (f" ({m['cpus_usable']} usable)" if "cpus_usable" in m else "")
+        + f", torch {m['torch_version']}, {m['torch_threads']} torch threads here"
+        + (f", {'/'.join(map(str, child_threads))} in the training runs" if child_threads else "")
+        + (
+            f", 1-min load average {m['load_average_at_start']} at start / {m['load_average_at_end']} at end"
+            if "load_average_at_start" in m
+            else ""
+        )
+        + f"; {m['platform']}.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        "Peak RSS: largest VmHWM over the repeats of the training process (fresh per run); "
+        "seconds/epoch: training only, evaluation excluded (the record's `seconds_per_epoch`). "
+        "MB = 10^6 bytes.",
+    ]
+    load = m.get("load_average_at_start")
+    if load is not None and load > 0.5:
+        lines += [
+            "",
+            f"Warning: the machine was busy (1-min load average {load} before the first run on "
+            f"{m['cpu_count']} cores); these timings are inflated and not comparable with an idle run.",
+        ]
+    lines += ["", "### Targets", ""]
+    for t in record["targets"]:
+        value = f" ({t['value']})" if t["value"] else ""
+        lines.append(f"- {t['target']}: **{_verdict(t['met'])}**{value}")
+    phases = record.get("phases")
+    if phases:
+        lines += [
+            "",
+            f"### Where a step's time goes (in-process, median of {record['phase_calls']} calls after "
+            f"{record['phase_warmup']} warm-up calls; {phases['steps_per_epoch']} steps/epoch)",
+            "",
+            "| phase | ms/call (median) | × steps/epoch (s) |",
+            "|---|---:|---:|",
+        ]
+        for name, p in phases["phases"].items():
+            lines.append(f"| {name} | {p['median_ms']:.2f} | {p['seconds_per_epoch']:.2f} |")
+        lines += [
+            "",
+            "Fixed batches drawn once (sampling and row gathering not timed); the sepsis MLP in train "
+            f"mode; C_h = {phases['c_h']:.4g} estimated from hybrid rows, "
+            f"σ = {phases['noise_multiplier']:.4g} (reference defaults). A fusiondp step runs the "
+            "public gradient and the per-example gradients once each, plus clipping, noise and the update.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
+    if args.phase_calls < 0 or args.phase_warmup < 0:
+        raise SystemExit("--phase_calls and --phase_warmup must be >= 0")
+    modes = list(dict.fromkeys(args.modes))
+    machine = machine_info()
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="bench_step_") as tmp:
+        for repeat in range(args.repeats):
+            for mode in modes:
+                run = run_child(mode, args, Path(tmp), f"{mode}_{repeat}")
+                runs[mode].append(run)
+                print(
+                    f"[{repeat + 1}/{args.repeats}] {mode}: {run['seconds_per_epoch']:.3f} s/epoch, "
+                    f"peak {run['peak_rss_mb']:.0f} MB, {run['wall_seconds']:.1f} s wall",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    per_mode = {}
+    for mode, rs in runs.items():
+        spe = [r["seconds_per_epoch"] for r in rs]
+        rss = [r["peak_rss_mb"] for r in rs]
+        per_mode[mode] = {
+            "seconds_per_epoch_median": statistics.median(spe),
+            "seconds_per_epoch_all": spe,
+            "peak_rss_mb_max": max(rss),
+            "peak_rss_mb_median": statistics.median(rss),
+            "peak_rss_mb_all": rss,
+            "peak_rss_source": rs[0]["peak_rss_source"],
+            "torch_threads": rs[0]["torch_threads"],
+            "steps": rs[0]["steps"],
+            "wall_seconds_all": [r["wall_seconds"] for r in rs],
+        }
+    base = per_mode.get("sgd_ori", {}).get("seconds_per_epoch_median")
+    for r in per_mode.values():
+        r["ratio_to_sgd_ori"] = r["seconds_per_epoch_median"] / base if base else None
+
+    phases = None
+    if args.phase_calls:
+        print("timing the step phases in-process ...", file=sys.stderr, flush=True)
+        phases = time_phases(args)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_at_end"] = round(os.getloadavg()[0], 2)
+
+    record = {
+        "benchmark": "bench_step",
+        "dataset": "sepsis",
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "command": command_line(),
+        "child_command": f"python {TRAIN_SCRIPT.name} --mode M --epochs {args.epochs:g} --no_progress "
+        f"--seed {args.seed} --results_json TMP" + (f" --data_dir {args.data_dir}" if args.data_dir else ""),
+        "git_commit": git_commit(),
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "modes": per_mode,
+        "phase_calls": args.phase_calls,
+        "phase_warmup": args.phase_warmup,
+        "phases": phases,
+    }
+    record["targets"] = check_targets(per_mode, measured_all=set(per_mode) >= set(MODES))
+    report = render_markdown(record)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    if args.results_json:
+        append_record(args.results_json, record)
+    return record
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
