@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fusiondp.cli import add_training_args
+from fusiondp.cli import add_training_args, run_main
 from fusiondp.data import (
     check_aligned,
     check_binary_label,
@@ -167,4 +167,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_main(main, get_args_parser())

@@ -118,3 +118,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def run_main(main, parser: argparse.ArgumentParser) -> None:
+    """Parse the command line and run ``main(args)``; bad input ends with one clear line, not a traceback."""
+    args = parser.parse_args()
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")

@@ -55,9 +55,9 @@ def check_columns(
 def check_binary_label(df: pd.DataFrame, *, label: str, path: str | os.PathLike) -> None:
     values = df[label]
     if values.isna().any():
-        rows = list(np.flatnonzero(values.isna().to_numpy())[:5])
+        rows = np.flatnonzero(values.isna().to_numpy())[:5].tolist()
         raise ValueError(f"{path}: label column {label!r} is missing in row(s) {rows} (0-based).")
-    bad = sorted(set(values.unique()) - {0, 1})
+    bad = sorted({v.item() if hasattr(v, "item") else v for v in values.unique()} - {0, 1}, key=str)
     if bad:
         raise ValueError(f"{path}: label column {label!r} must be binary 0/1, found value(s) {bad[:5]}.")
 
@@ -132,7 +132,8 @@ class TabularPreprocessor:
             parts.append(((values - self.means_[col]) / self.stds_[col])[:, None])
         for col in self.categorical:
             vocab = self.vocab_[col]
-            codes = pd.Categorical(frame[col].astype(str), categories=vocab).codes  # unseen → -1
+            index = {v: i for i, v in enumerate(vocab)}
+            codes = frame[col].astype(str).map(index).fillna(-1).to_numpy(int)  # unseen → -1
             if self.one_hot:
                 parts.append((codes[:, None] == np.arange(len(vocab))[None, :]).astype(float))
             else:

@@ -22,7 +22,7 @@ from fusiondp.cli import check_training_args, resolve_device, seed_everything
 from fusiondp.data import TabularData
 from fusiondp.metrics import evaluate_binary
 from fusiondp.modes import ModeSpec, get_mode
-from fusiondp.privacy import PrivacySpec, make_privacy_spec, num_steps
+from fusiondp.privacy import PrivacySpec, check_sample_rate, make_privacy_spec, num_steps
 from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
 from fusiondp.results import append_record, command_line, git_commit
 from fusiondp.step import LossFn, StepConfig, fusion_step
@@ -172,6 +172,7 @@ def run_experiment(
         )
         steps = privacy.steps
     else:
+        check_sample_rate(args.batch_size / n, batch_size=args.batch_size, num_rows=n)
         steps = num_steps(epochs=args.epochs, num_rows=n, batch_size=args.batch_size)
 
     model = build_model(data.original.shape[1]).to(device)

@@ -21,6 +21,10 @@ with the sepsis MLP (median over --phase_calls calls): the public gradient on a 
 the per-example private gradients of a 128-row batch (difference loss + regularizer), a plain SGD
 gradient on 128 original rows, and whole fusion steps of fusiondp and sgd_ori.
 
+Timings are only meaningful on an otherwise idle machine: the report prints the load average and
+warns when it was high. On a shared machine, pass --threads (at most the free cores) to avoid
+oversubscription, which slows the large public-batch matmuls many times over.
+
 Targets stated by the project, reported as met or not (never adjusted): fusiondp ≤ 5× sgd_ori
 seconds per epoch, and every mode ≤ 2 GB (2000 MB, MB = 10^6 bytes) peak resident memory.
 """
@@ -102,6 +106,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="--seed of every training run")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads, here and in the training runs (via OMP_NUM_THREADS); default: torch's own. "
+        "On a machine shared with other jobs, more threads than free cores can make the large "
+        "public-batch matmuls many times slower",
+    )
+    parser.add_argument(
         "--phase_calls", type=int, default=50, help="timed calls per step phase (0 skips the phase timing)"
     )
     parser.add_argument("--phase_warmup", type=int, default=5, help="untimed calls before each phase")
@@ -158,7 +170,10 @@ def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> d
         train_flags += ["--data_dir", str(args.data_dir.resolve())]
     command = [sys.executable, "-c", CHILD_WRAPPER, str(peak_file), str(TRAIN_SCRIPT), *train_flags]
     start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
@@ -176,16 +191,22 @@ def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> d
     }
 
 
-def time_calls(fn: Callable[[], object], *, calls: int, warmup: int) -> float:
-    """Median wall milliseconds of ``fn()`` over ``calls`` calls, after ``warmup`` untimed ones."""
+def time_calls(fns: dict[str, Callable[[], object]], *, calls: int, warmup: int) -> dict[str, float]:
+    """Median wall milliseconds per call of each function, after ``warmup`` untimed calls of each.
+
+    The calls are interleaved (one call of every function per round), so a change in background
+    load during the measurement affects every function alike instead of whichever ran at the time.
+    """
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def time_phases(args: argparse.Namespace) -> dict:
@@ -288,8 +309,7 @@ def time_phases(args: argparse.Namespace) -> dict:
     }
     steps_per_epoch = max(1, round(n / ref.batch_size))
     out = {}
-    for name, fn in phases.items():
-        ms = time_calls(fn, calls=args.phase_calls, warmup=args.phase_warmup)
+    for name, ms in time_calls(phases, calls=args.phase_calls, warmup=args.phase_warmup).items():
         out[name] = {
             "median_ms": ms,
             "calls": args.phase_calls,
@@ -377,7 +397,8 @@ def render_markdown(record: dict) -> str:
         lines += [
             "",
             f"Warning: the machine was busy (1-min load average {load} before the first run on "
-            f"{m['cpu_count']} cores); these timings are inflated and not comparable with an idle run.",
+            f"{m['cpu_count']} cores); these timings are inflated and not comparable with an idle run "
+            "(see --threads).",
         ]
     lines += ["", "### Targets", ""]
     for t in record["targets"]:
@@ -387,8 +408,8 @@ def render_markdown(record: dict) -> str:
     if phases:
         lines += [
             "",
-            f"### Where a step's time goes (in-process, median of {record['phase_calls']} calls after "
-            f"{record['phase_warmup']} warm-up calls; {phases['steps_per_epoch']} steps/epoch)",
+            f"### Where a step's time goes (in-process, median of {record['phase_calls']} interleaved "
+            f"calls after {record['phase_warmup']} warm-up calls; {phases['steps_per_epoch']} steps/epoch)",
             "",
             "| phase | ms/call (median) | × steps/epoch (s) |",
             "|---|---:|---:|",
@@ -410,6 +431,10 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     if args.phase_calls < 0 or args.phase_warmup < 0:
         raise SystemExit("--phase_calls and --phase_warmup must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     modes = list(dict.fromkeys(args.modes))
     machine = machine_info()
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -462,6 +487,7 @@ def main(args: argparse.Namespace) -> dict:
         "epochs": args.epochs,
         "repeats": args.repeats,
         "seed": args.seed,
+        "threads": args.threads,
         "data_dir": str(args.data_dir) if args.data_dir else None,
         "modes": per_mode,
         "phase_calls": args.phase_calls,

@@ -1,0 +1,157 @@
+"""End-to-end runs of the sepsis script in every mode, reproducibility, the sweep and the tables."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, sepsis_args
+
+import train_fusiondp_sepsis as sepsis
+from fusiondp.modes import MODES
+from fusiondp.results import load_records
+
+FLAT_KEYS = (
+    "dataset mode epsilon delta seed epochs batch_size lr max_grad_norm alpha beta c_h sigma sample_rate steps "
+    "accountant epsilon_spent test_acc test_auroc test_aupr test_f1 val_acc val_auroc val_aupr val_f1 "
+    "train_seconds seconds_per_epoch git_commit command"
+).split()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_mode_runs_end_to_end_and_records(tmp_path, sepsis_dir, mode):
+    out = tmp_path / "r.jsonl"
+    record = sepsis.main(sepsis_args(sepsis_dir, "--mode", mode, "--epochs", "2", "--results_json", str(out)))
+    [stored] = load_records(out)
+    assert set(FLAT_KEYS) <= set(stored)
+    assert stored["mode"] == mode and stored["dataset"] == "sepsis"
+    assert stored["steps"] == round(2 * 240 / 32) == record["steps"]
+    assert [e["epoch"] for e in stored["epochs_log"]] == [1, 2]
+    assert stored["epochs_log"][-1]["step"] == stored["steps"]  # exactly T steps
+    assert 0.0 <= stored["test_aupr"] <= 1.0 and 0.0 <= stored["val_auroc"] <= 1.0
+    assert "ICULOS_bin" not in stored["sensitive_columns"]
+    if MODES[mode].private:
+        assert stored["sigma"] > 0 and stored["epsilon_spent"] <= stored["epsilon"]
+        assert stored["accountant"] == "rdp" and stored["privacy_guarantee_holds"] is True
+    else:
+        assert stored["sigma"] is None
+    assert stored["privacy_guarantee_holds"] is (mode != "sgd_ori")
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(sepsis_dir):
+    runs = [sepsis.main(sepsis_args(sepsis_dir, "--mode", "fusiondp", "--seed", str(s))) for s in (7, 7, 8)]
+    assert runs[0]["epochs_log"] == runs[1]["epochs_log"]
+    assert runs[0]["epochs_log"] != runs[2]["epochs_log"]
+
+
+def test_evaluation_covers_every_row_and_restores_train_mode():
+    import torch
+
+    from fusiondp.metrics import predict_proba
+    from fusiondp.models import sepsis_mlp
+
+    model = sepsis_mlp(5)
+    model.train()
+    x = torch.randn(20_001, 5)
+    first = predict_proba(model, x, chunk=4096)
+    assert len(first) == 20_001 and model.training
+    np_equal = (first == predict_proba(model, x, chunk=4096)).all()
+    assert np_equal  # eval mode: no dropout, deterministic
+
+
+def test_help_names_reference_flags():
+    proc = subprocess.run(
+        [sys.executable, "train_fusiondp_sepsis.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in (
+        "--mode",
+        "--epsilon",
+        "--delta",
+        "--epochs",
+        "--batch_size",
+        "--lr",
+        "--max_grad_norm",
+        "--alpha",
+        "--beta",
+        "--seed",
+        "--results_json",
+        "--public_batch_size",
+        "--accountant",
+        "--c_h",
+    ):
+        assert flag in proc.stdout
+    assert "--epsilon 2.0 --epochs 13" in proc.stdout  # the reference command is in the docstring
+
+
+def test_sweep_runs_skips_finished_runs_and_prints_table(tmp_path, sepsis_dir):
+    results = tmp_path / "sweep.jsonl"
+    env = {
+        **os.environ,
+        "FUSIONDP_DATA": str(sepsis_dir.parent),
+        "MODES": "sgd_ori dpsgd",
+        "EPSILONS": "2",
+        "SEEDS": "1",
+        "JOBS": "2",
+    }
+    cmd = ["bash", "scripts/sweep_sepsis.sh", str(results), "--epochs", "1", "--batch_size", "32"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "2 run(s) to do" in first.stderr
+    assert "| dpsgd | 2.0 |" in first.stdout and "| sgd_ori | 2.0 |" in first.stdout
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "0 run(s) to do" in second.stderr
+    assert len(load_records(results)) == 2
+    # Different extra flags are a different run, not a duplicate.
+    third = subprocess.run([*cmd[:-1], "16"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "2 run(s) to do" in third.stderr
+
+
+def test_make_tables_mean_std_count_and_plot(tmp_path):
+    results = tmp_path / "r.jsonl"
+    rows = [("fusiondp", 1.0, 0.5), ("fusiondp", 1.0, 0.7), ("fusiondp", 2.0, 0.8), ("sgd_ori", 2.0, 0.9)]
+    results.write_text(
+        "".join(
+            json.dumps({"mode": m, "epsilon": e, "test_aupr": a, "alpha": 1.0}) + "\n" for m, e, a in rows
+        )
+    )
+    png = tmp_path / "plot.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/make_tables.py",
+            str(results),
+            "--metrics",
+            "test_aupr",
+            "--plot",
+            str(png),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| sgd_ori | 2.0 | 0.9000 ± 0.0000 | 1 |" in proc.stdout
+    assert "| fusiondp | 1.0 | 0.6000 ± 0.1414 | 2 |" in proc.stdout
+    assert png.stat().st_size > 1000
+    grouped = subprocess.run(
+        [
+            sys.executable,
+            "scripts/make_tables.py",
+            str(results),
+            "--group",
+            "alpha",
+            "--metrics",
+            "test_aupr",
+            "--where",
+            "mode=fusiondp",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "| 1.0 | 0.6667 ± 0.1528 | 3 |" in grouped.stdout
