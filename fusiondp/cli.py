@@ -82,10 +82,21 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
         action="store_true",
         help="reference compatibility: divide the private sum by |B| instead of b",
     )
+    p.add_argument(
+        "--secure_noise",
+        action="store_true",
+        help="draw the DP noise from an unrecorded random seed (not reproducible); by default it is "
+        "seeded by --seed, so anyone who knows the seed can predict it",
+    )
 
     o = parser.add_argument_group("output")
     o.add_argument("--results_json", default=None, help="append one JSON line per finished run here")
     o.add_argument("--no_progress", action="store_true", help="no progress bar")
+    o.add_argument(
+        "--skip_existing",
+        action="store_true",
+        help="do nothing if --results_json already holds a run with exactly these settings",
+    )
     parser.set_defaults(**defaults)
     return parser
 

@@ -29,6 +29,8 @@ class ModeSpec:
     private_loss: str | None = None
     """'full' (ℓ on the original row) or 'difference' (ℓ(original) − ℓ(public view))."""
     uses_regularizer: bool = False
+    relation: str | None = None
+    """Neighbouring relation the noise is calibrated for (see fusiondp.privacy)."""
     guarantee: str = ""
 
     def weights(self, *, alpha: float, beta: float) -> tuple[float, float]:
@@ -45,77 +47,46 @@ class ModeSpec:
         return beta if self.uses_regularizer else 0.0
 
 
-_FEATURE = "(eps, delta) feature-level DP of the sensitive columns (zero-out neighbours)"
-_SAMPLE = "(eps, delta) sample-level DP of whole rows (add/remove neighbours)"
+_ZERO_OUT_HYBRID = (
+    "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
+    "replaced by its imputed values (zero-out, sensitivity C)"
+)
+_ZERO_OUT_NOISE = (
+    "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
+    "replaced by its N(0,1) public-view values (zero-out, sensitivity C)"
+)
+_REPLACE_ONE = (
+    "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
+    "replaced by any values (replace-one, sensitivity 2C). No sample-level guarantee: the noise-free "
+    "public term reads every row's public view and label"
+)
+_ADD_REMOVE = (
+    "(eps, delta) sample-level DP of whole rows; neighbours: one row added or removed (sensitivity C)"
+)
+_NEVER_READ = "perfect: original sensitive values are never read"
 
-MODES: dict[str, ModeSpec] = {
-    m.name: m
-    for m in (
-        ModeSpec(
-            "sgd_ori",
-            "plain SGD on original rows",
-            False,
-            sgd_view=ORIGINAL,
-            guarantee="none: original sensitive values are used without protection",
-        ),
-        ModeSpec(
-            "sgd_hybrid",
-            "plain SGD on hybrid rows",
-            False,
-            sgd_view=HYBRID,
-            guarantee="perfect: original sensitive values are never read",
-        ),
-        ModeSpec(
-            "sgd_pub",
-            "plain SGD, sensitive columns replaced by N(0,1) noise",
-            False,
-            sgd_view=NOISE,
-            guarantee="perfect: original sensitive values are never read",
-        ),
-        ModeSpec("dpsgd", "standard DP-SGD on original rows", True, private_loss="full", guarantee=_SAMPLE),
-        ModeSpec(
-            "naive_fusion",
-            "(1-beta)*SGD(hybrid) + beta*DP-SGD(original)",
-            True,
-            public_view=HYBRID,
-            private_loss="full",
-            guarantee=_SAMPLE,
-        ),
-        ModeSpec(
-            "naive_fusion_pub",
-            "(1-beta)*SGD(noise view) + beta*DP-SGD(original)",
-            True,
-            public_view=NOISE,
-            private_loss="full",
-            guarantee=_SAMPLE,
-        ),
-        ModeSpec(
-            "feature-dp",
-            "split step with the noise view, no regularizer",
-            True,
-            public_view=NOISE,
-            private_loss="difference",
-            guarantee=_FEATURE,
-        ),
-        ModeSpec(
-            "calibrated_fusion",
-            "split step with the hybrid view, no regularizer",
-            True,
-            public_view=HYBRID,
-            private_loss="difference",
-            guarantee=_FEATURE,
-        ),
-        ModeSpec(
-            "fusiondp",
-            "split step with the hybrid view and the regularizer",
-            True,
-            public_view=HYBRID,
-            private_loss="difference",
-            uses_regularizer=True,
-            guarantee=_FEATURE,
-        ),
-    )
-}
+# fmt: off
+MODES: dict[str, ModeSpec] = {m.name: m for m in (
+    ModeSpec("sgd_ori", "plain SGD on original rows", False, sgd_view=ORIGINAL,
+             guarantee="none: original sensitive values are used without protection"),
+    ModeSpec("sgd_hybrid", "plain SGD on hybrid rows", False, sgd_view=HYBRID, guarantee=_NEVER_READ),
+    ModeSpec("sgd_pub", "plain SGD, sensitive columns replaced by N(0,1) noise", False, sgd_view=NOISE,
+             guarantee=_NEVER_READ),
+    ModeSpec("dpsgd", "standard DP-SGD on original rows", True, private_loss="full",
+             relation="add/remove", guarantee=_ADD_REMOVE),
+    ModeSpec("naive_fusion", "(1-beta)*SGD(hybrid) + beta*DP-SGD(original)", True, public_view=HYBRID,
+             private_loss="full", relation="replace-one", guarantee=_REPLACE_ONE),
+    ModeSpec("naive_fusion_pub", "(1-beta)*SGD(noise view) + beta*DP-SGD(original)", True,
+             public_view=NOISE, private_loss="full", relation="replace-one", guarantee=_REPLACE_ONE),
+    ModeSpec("feature-dp", "split step with the noise view, no regularizer", True, public_view=NOISE,
+             private_loss="difference", relation="zero-out", guarantee=_ZERO_OUT_NOISE),
+    ModeSpec("calibrated_fusion", "split step with the hybrid view, no regularizer", True,
+             public_view=HYBRID, private_loss="difference", relation="zero-out", guarantee=_ZERO_OUT_HYBRID),
+    ModeSpec("fusiondp", "split step with the hybrid view and the regularizer", True, public_view=HYBRID,
+             private_loss="difference", uses_regularizer=True, relation="zero-out",
+             guarantee=_ZERO_OUT_HYBRID),
+)}
+# fmt: on
 
 
 def get_mode(name: str) -> ModeSpec:

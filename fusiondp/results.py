@@ -2,18 +2,13 @@
 
 Appends take an exclusive ``flock`` and write the whole line in one ``write`` call, so runs of a
 parallel sweep can share one file without interleaving or truncating each other's lines.
-
-Command line: ``python -m fusiondp.results FILE --contains mode=fusiondp epsilon=2 seed=1`` exits 0
-when a record matches every key=value, 1 otherwise (the sweep uses it to skip finished runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -66,25 +61,29 @@ def load_records(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _same(recorded, wanted: str) -> bool:
-    if isinstance(recorded, bool):
-        return str(recorded).lower() == wanted.lower()
-    try:
-        return float(recorded) == float(wanted)
-    except (TypeError, ValueError):
-        return str(recorded) == wanted
+# Flags that change where output goes or how it is shown, never the numbers of a run.
+OUTPUT_ONLY_FLAGS = frozenset({"results_json", "no_progress", "skip_existing"})
 
 
-def _lookup(record: dict, key: str):
-    """A run's setting: from its full argument dict when present, else the flat record."""
-    args = record.get("args") or {}
-    return args[key] if key in args else record.get(key)
+def run_settings(args) -> dict:
+    """A run's full resolved arguments (defaults included), JSON-ready."""
+    return {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items()}
 
 
-def has_record(path: str | os.PathLike, conditions: dict[str, str]) -> bool:
+def find_run(path: str | os.PathLike, settings: dict) -> dict | None:
+    """The first record whose recorded arguments equal ``settings`` on every flag that affects results.
+
+    Comparing ALL such flags (not a chosen few) keeps a quick ``--epochs 1`` run or a
+    ``--c_h_from_private`` run from standing in for the real one.
+    """
     if not Path(path).exists():
-        return False
-    return any(all(_same(_lookup(r, k), v) for k, v in conditions.items()) for r in load_records(path))
+        return None
+    wanted = {k: v for k, v in settings.items() if k not in OUTPUT_ONLY_FLAGS}
+    for record in load_records(path):
+        recorded = record.get("args") or {}
+        if {k: v for k, v in recorded.items() if k not in OUTPUT_ONLY_FLAGS} == wanted:
+            return record
+    return None
 
 
 def flags_to_conditions(flags: list[str]) -> dict[str, str]:
@@ -125,32 +124,3 @@ def git_commit() -> str | None:
 
 def command_line() -> str:
     return " ".join([Path(sys.executable).name, *sys.argv])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Query a JSON-lines results file.")
-    parser.add_argument("results_json")
-    parser.add_argument(
-        "--contains",
-        nargs="+",
-        metavar="KEY=VALUE",
-        required=True,
-        help="exit 0 if some record matches all of these (and --flags), else 1",
-    )
-    parser.add_argument(
-        "--flags",
-        default="",
-        help="training-script flags that must match too, as one string: --flags='--epochs 5'",
-    )
-    args = parser.parse_args(argv)
-    conditions = flags_to_conditions(shlex.split(args.flags))
-    for item in args.contains:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--contains takes KEY=VALUE pairs, got {item!r}")
-        conditions[key] = value
-    return 0 if has_record(args.results_json, conditions) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

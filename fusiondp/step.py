@@ -104,7 +104,8 @@ def per_example_gradients(
         term = loss_fn(logits[0, 0], target) - loss_fn(logits[1, 0], target)
         if reg_weight:
             term = term + reg_weight * consistency_penalty(h[0, 0], h[1, 0], c_h=c_h)
-        return term
+        # A zero-out neighbour (views identical) must contribute exactly 0, not float round-off.
+        return term * (x != x_ref).any()
 
     ref_dim = None if x_reference is None else 0
     return vmap(grad(private_term), in_dims=(None, 0, ref_dim, 0), randomness="different")(

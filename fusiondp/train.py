@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import platform
+import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from fusiondp.metrics import evaluate_binary
 from fusiondp.modes import ModeSpec, get_mode
 from fusiondp.privacy import PrivacySpec, check_sample_rate, make_privacy_spec, num_steps
 from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
-from fusiondp.results import append_record, command_line, git_commit
+from fusiondp.results import append_record, command_line, find_run, git_commit, run_settings
 from fusiondp.step import LossFn, StepConfig, fusion_step
 
 Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
@@ -75,11 +75,17 @@ def train(
     loss_fn: LossFn,
     evaluate: Evaluator,
     progress: bool = True,
+    noise_seed: int | None = None,
 ) -> tuple[list[dict], float]:
-    """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded)."""
+    """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded).
+
+    The DP noise comes from its own generator, seeded by ``noise_seed`` (default ``seed + 1``).
+    """
     device = data.y.device
     sampler = BatchSampler(data.num_rows, seed=seed)
-    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    noise_generator = torch.Generator(device=device).manual_seed(
+        seed + 1 if noise_seed is None else noise_seed
+    )
     sample_rate = batch_size / data.num_rows
     bounds = epoch_boundaries(steps=steps, epochs=epochs)
     log: list[dict] = []
@@ -155,6 +161,11 @@ def run_experiment(
     private term (DP modes) or, for ``sgd_ori``, without protection, as that mode's record states.
     """
     check_training_args(args)
+    if args.skip_existing and args.results_json:
+        done = find_run(args.results_json, run_settings(args))
+        if done is not None:
+            print(f"skipped: a finished run with these settings is already in {args.results_json}")
+            return done
     mode = get_mode(args.mode)
     device = resolve_device(args.device)
     seed_everything(args.seed)
@@ -169,6 +180,7 @@ def run_experiment(
             num_rows=n,
             epochs=args.epochs,
             accountant=args.accountant,
+            relation=mode.relation,
         )
         steps = privacy.steps
     else:
@@ -211,14 +223,16 @@ def run_experiment(
         loss_fn=loss_fn,
         evaluate=evaluate,
         progress=not args.no_progress,
+        # A seed nobody records makes the noise unpredictable even to whoever knows the seed.
+        noise_seed=secrets.randbits(62) if args.secure_noise else None,
     )
     outside_guarantee = []
     if args.c_h_from_private and mode.uses_regularizer:
         outside_guarantee.append("C_h estimated from original sensitive values (--c_h_from_private)")
-    if args.divide_by_realised_batch and mode.private_loss == "full":
-        # |B| reveals whether a row was sampled, i.e. its membership: fine for feature-level DP (every
-        # row is always present), not for the sample-level guarantee of dpsgd/naive fusion.
-        outside_guarantee.append("private sum divided by the realised batch size (reveals membership)")
+    if args.divide_by_realised_batch and mode.private:
+        # The accountant models the noised sum; dividing by the realised |B| also releases |B|, which
+        # shifts the odds that a given row was sampled. Small, but unaccounted for.
+        outside_guarantee.append("private sum divided by the realised batch size (|B| is not accounted for)")
     final = log[-1]
     record = {
         "dataset": dataset,
@@ -242,11 +256,17 @@ def run_experiment(
         "sigma": privacy.noise_multiplier if privacy else None,
         "sample_rate": args.batch_size / n,
         "steps": steps,
-        "accountant": args.accountant if privacy else None,
+        "accountant": privacy.accountant if privacy else None,
         "epsilon_spent": privacy.epsilon_spent if privacy else (None if mode.name == "sgd_ori" else 0.0),
-        "neighbouring_relation": "zero-out"
-        if mode.private_loss == "difference"
-        else ("add/remove (whole row)" if privacy else None),
+        "neighbouring_relation": privacy.neighbouring_relation if privacy else None,
+        "epsilon_replace_one": privacy.epsilon_replace_one if privacy else None,
+        "noise_source": None
+        if not privacy
+        else (
+            "secure: unrecorded random seed"
+            if args.secure_noise
+            else "seeded by --seed: reproducible, but the noise is predictable to anyone who knows the seed"
+        ),
         "guarantee": mode.guarantee,
         "privacy_guarantee_holds": mode.name != "sgd_ori" and not outside_guarantee,
         "outside_guarantee": outside_guarantee,
@@ -262,7 +282,7 @@ def run_experiment(
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "command": command_line(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": run_settings(args),
         **(extra_record or {}),
     }
     if args.results_json:

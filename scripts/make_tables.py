@@ -4,8 +4,10 @@
     python scripts/make_tables.py results/sepsis.jsonl --group alpha beta --where mode=fusiondp
     python scripts/make_tables.py results/sepsis.jsonl --plot docs/sepsis_aupr.png --out docs/table.md
 
-The plot draws --y (default test AUPR) against ε, one line per mode; modes with a single ε (the
-non-private baselines) are drawn as horizontal dashed lines.
+The plot draws --y (default test AUPR) against the target ε, one line per DP mode; the non-private
+modes, for which ε means nothing, are horizontal dashed lines. Runs whose settings void their
+guarantee (``outside_guarantee`` in the record) are left out unless --include_outside_guarantee; a
+cell that pools runs with different settings (other than the seed) is reported on stderr.
 """
 
 from __future__ import annotations
@@ -33,13 +35,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here too")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG: --y against epsilon per mode")
     parser.add_argument("--y", default="test_aupr", help="metric of the plot")
+    parser.add_argument(
+        "--include_outside_guarantee",
+        action="store_true",
+        help="keep runs whose settings void the privacy guarantee (left out by default)",
+    )
     return parser
 
 
-def load_frame(paths: list[Path], where: list[str]) -> pd.DataFrame:
+def load_frame(
+    paths: list[Path], where: list[str], *, include_outside_guarantee: bool = False
+) -> pd.DataFrame:
     records = [r for p in paths for r in load_records(p)]
     if not records:
         raise SystemExit(f"no records in {[str(p) for p in paths]}")
+    outside = [r for r in records if r.get("outside_guarantee")]
+    if outside and not include_outside_guarantee:
+        records = [r for r in records if not r.get("outside_guarantee")]
+        print(
+            f"note: left out {len(outside)} run(s) whose settings void their guarantee "
+            "(e.g. --c_h_from_private); --include_outside_guarantee keeps them",
+            file=sys.stderr,
+        )
     frame = pd.DataFrame(records)
     for key, value in flags_to_conditions([f"--{w}" for w in where]).items():
         if key not in frame:
@@ -63,11 +80,27 @@ def _mode_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _warn_mixed_settings(grouped, group: list[str]) -> None:
+    """Say so when one cell pools runs whose settings differ in more than the seed."""
+    for key, cell in grouped:
+        if "args" not in cell:
+            return
+        settings = pd.DataFrame([a for a in cell["args"] if isinstance(a, dict)])
+        ignored = {"seed", "results_json", "no_progress", "skip_existing", "device", *group}
+        mixed = [c for c in settings.columns if c not in ignored and settings[c].astype(str).nunique() > 1]
+        if mixed:
+            print(
+                f"warning: cell {key} pools runs with different {mixed}; add them to --group or --where",
+                file=sys.stderr,
+            )
+
+
 def markdown_table(frame: pd.DataFrame, *, group: list[str], metrics: list[str]) -> str:
     missing = [c for c in [*group, *metrics] if c not in frame]
     if missing:
         raise SystemExit(f"column(s) {missing} are not in the records; available: {sorted(frame.columns)}")
     grouped = frame.groupby(group, sort=True, dropna=False)
+    _warn_mixed_settings(grouped, group)
     stats = grouped[metrics].agg(["mean", "std"])
     stats.columns = [f"{metric}:{stat}" for metric, stat in stats.columns]
     stats = stats.assign(n=grouped.size()).reset_index()
@@ -94,9 +127,26 @@ def privacy_utility_plot(frame: pd.DataFrame, *, y: str, path: Path) -> None:
         raise SystemExit("--plot needs matplotlib: pip install -e '.[plots]'") from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode in [m for m in MODES if m in set(frame["mode"])]:
-        stats = frame[frame["mode"] == mode].groupby("epsilon")[y].agg(["mean", "std"]).reset_index()
+        runs = frame[frame["mode"] == mode]
+        if not MODES[mode].private:  # ε does not apply: one line at the mean over all its runs
+            ax.axhline(
+                runs[y].mean(),
+                linestyle="--",
+                linewidth=1,
+                color=f"C{list(MODES).index(mode)}",
+                label=f"{mode} (no DP, n={len(runs)})",
+            )
+            continue
+        stats = runs.groupby("epsilon")[y].agg(["mean", "std"]).reset_index()
         if len(stats) == 1:
-            ax.axhline(stats["mean"].iloc[0], linestyle="--", linewidth=1, label=f"{mode} (no ε)")
+            ax.plot(
+                stats["epsilon"],
+                stats["mean"],
+                marker="o",
+                linestyle="none",
+                label=mode,
+                color=f"C{list(MODES).index(mode)}",
+            )
         else:
             ax.errorbar(
                 stats["epsilon"],
@@ -105,6 +155,7 @@ def privacy_utility_plot(frame: pd.DataFrame, *, y: str, path: Path) -> None:
                 marker="o",
                 capsize=3,
                 label=mode,
+                color=f"C{list(MODES).index(mode)}",
             )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("ε (target)")
@@ -117,7 +168,7 @@ def privacy_utility_plot(frame: pd.DataFrame, *, y: str, path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> str:
-    frame = load_frame(args.results, args.where)
+    frame = load_frame(args.results, args.where, include_outside_guarantee=args.include_outside_guarantee)
     table = markdown_table(frame, group=args.group, metrics=args.metrics)
     print(table)
     if args.out:

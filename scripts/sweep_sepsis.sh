@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sweep a training script over modes x epsilon x alpha x beta x seeds, skipping runs already in the
-# results file, N jobs at a time, then print the mean ± std table.
+# results file (same settings, all flags compared), N jobs at a time, then print the mean ± std table.
 #
 #   scripts/sweep_sepsis.sh results/sepsis.jsonl [extra flags for the train script]
 #   MODES="dpsgd fusiondp" EPSILONS="1 2" SEEDS="1 2 3" JOBS=2 scripts/sweep_sepsis.sh results/sepsis.jsonl --epochs 5
@@ -25,16 +25,13 @@ todo=$(mktemp)
 trap 'rm -f "$todo"' EXIT
 for mode in $MODES; do for eps in $EPSILONS; do for alpha in $ALPHAS; do for beta in $BETAS; do
   for seed in $SEEDS; do
-    if python -m fusiondp.results "$results" --contains \
-        mode="$mode" epsilon="$eps" alpha="$alpha" beta="$beta" seed="$seed" --flags="$*"; then
-      continue
-    fi
+    # --skip_existing: the script returns at once if the results file holds a run with the same settings.
     printf '%q ' python "$SCRIPT" --mode "$mode" --epsilon "$eps" --alpha "$alpha" --beta "$beta" \
-      --seed "$seed" --results_json "$results" --no_progress "$@" >> "$todo"
+      --seed "$seed" --results_json "$results" --skip_existing --no_progress "$@" >> "$todo"
     echo >> "$todo"
   done
 done; done; done; done
 
-echo "$(wc -l < "$todo") run(s) to do, $JOBS at a time, results in $results" >&2
+echo "$(wc -l < "$todo") run(s), $JOBS at a time (finished ones are skipped), results in $results" >&2
 xargs -P "$JOBS" -I{} -d '\n' sh -c '{} || echo "FAILED: {}" >&2' < "$todo"
 python scripts/make_tables.py "$results" --group mode epsilon

@@ -125,3 +125,28 @@ def test_c_h_from_private_is_flagged_and_does_depend_on_originals(tmp_path, seps
     assert a["c_h"] != b["c_h"]
     assert a["privacy_guarantee_holds"] is False
     assert "NOT PRIVATE" in a["c_h_source"] and a["outside_guarantee"]
+
+
+@pytest.mark.parametrize("mode", ["naive_fusion", "naive_fusion_pub"])
+def test_naive_fusion_with_beta_zero_is_invariant(sepsis_frames, mode):
+    a = _train_state(sepsis_frames, mode, alpha=1.0, beta=0.0)
+    b = _train_state(_scrambled(sepsis_frames), mode, alpha=1.0, beta=0.0)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_zero_out_neighbour_contributes_exactly_zero_through_the_pipeline(sepsis_frames):
+    # Give the original rows their own imputed values: every private term must be exactly 0.
+    from fusiondp.step import per_example_gradients
+
+    frames = dict(sepsis_frames)
+    original = frames["original"].copy()
+    original[sepsis.SENSITIVE] = frames["hybrid"][sepsis.SENSITIVE].to_numpy()
+    frames["original"] = original
+    data = _prepare(frames)
+    torch.manual_seed(0)
+    model = sepsis_mlp(data.original.shape[1])  # dropout on: the views share masks
+    grads = per_example_gradients(
+        model, data.original[:64], data.hybrid[:64], data.y[:64], loss_fn=binary_bce, reg_weight=0.5, c_h=1.0
+    )
+    assert all(torch.count_nonzero(g) == 0 for g in grads.values())

@@ -14,6 +14,7 @@ from fusiondp.privacy import (
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 @pytest.mark.parametrize("epsilon", [0.5, 2.0])
+@pytest.mark.filterwarnings("ignore:Optimal order")
 def test_sigma_matches_opacus_get_noise_multiplier(accountant, epsilon):
     q, steps, delta = 128 / 14293, 1452, 1e-5
     ours = calibrate_noise(epsilon=epsilon, delta=delta, sample_rate=q, steps=steps, accountant=accountant)
@@ -108,3 +109,40 @@ def test_unknown_accountant():
 
 def test_num_steps_rounds():
     assert num_steps(epochs=2.5, num_rows=1000, batch_size=64) == round(2.5 * 1000 / 64)
+
+
+def test_replace_one_calibration_meets_its_target_through_dp_accounting():
+    from dp_accounting import dp_event, pld
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    from fusiondp.privacy import REPLACE_ONE
+
+    spec = make_privacy_spec(
+        epsilon=2.0,
+        delta=1e-5,
+        batch_size=128,
+        num_rows=14293,
+        epochs=13,
+        accountant="rdp",
+        relation=REPLACE_ONE,
+    )
+    assert spec.accountant.startswith("pld") and spec.neighbouring_relation == "replace-one"
+    # An independent PLD accountant (finer discretisation) agrees that the target is met.
+    acct = pld.PLDAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+    acct.compose(
+        dp_event.PoissonSampledDpEvent(spec.sample_rate, dp_event.GaussianDpEvent(spec.noise_multiplier)),
+        spec.steps,
+    )
+    assert 1.98 <= acct.get_epsilon(1e-5) <= 2.0 + 1e-3
+    zero_out = make_privacy_spec(
+        epsilon=2.0, delta=1e-5, batch_size=128, num_rows=14293, epochs=13, accountant="rdp"
+    )
+    assert spec.noise_multiplier > 1.2 * zero_out.noise_multiplier  # sensitivity 2C needs more noise
+    assert zero_out.epsilon_replace_one > 2.5  # the same noise is worth a larger replace-one epsilon
+
+
+def test_unknown_relation():
+    with pytest.raises(ValueError, match="unknown neighbouring relation 'swap'"):
+        make_privacy_spec(
+            epsilon=1, delta=1e-5, batch_size=10, num_rows=100, epochs=1, accountant="rdp", relation="swap"
+        )

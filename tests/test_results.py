@@ -4,7 +4,7 @@ import multiprocessing as mp
 
 import pytest
 
-from fusiondp.results import append_record, flags_to_conditions, has_record, load_records
+from fusiondp.results import append_record, find_run, flags_to_conditions, load_records, run_settings
 
 
 def _writer(path, worker):
@@ -25,16 +25,35 @@ def test_concurrent_appends_do_not_corrupt(tmp_path):
     assert records[0]["nan"] is None  # NaN is written as null, keeping the file strict JSON
 
 
-def test_has_record_matches_args_and_flat_keys(tmp_path):
+def test_find_run_compares_every_setting_but_output_flags(tmp_path):
+    import argparse
+
     path = tmp_path / "r.jsonl"
-    append_record(
-        path, {"mode": "fusiondp", "epsilon": 2.0, "args": {"epochs": 5.0, "c_h_from_private": False}}
+    args = argparse.Namespace(
+        mode="fusiondp",
+        epsilon=2.0,
+        epochs=13.0,
+        c_h_from_private=False,
+        results_json=str(path),
+        no_progress=True,
+        skip_existing=True,
     )
-    assert has_record(path, {"mode": "fusiondp", "epsilon": "2"})
-    assert has_record(path, {"mode": "fusiondp", **flags_to_conditions(["--epochs", "5"])})
-    assert not has_record(path, {"mode": "fusiondp", **flags_to_conditions(["--epochs=6"])})
-    assert not has_record(path, flags_to_conditions(["--c_h_from_private"]))
-    assert not has_record(tmp_path / "missing.jsonl", {"mode": "fusiondp"})
+    append_record(path, {"mode": "fusiondp", "args": run_settings(args)})
+    assert find_run(path, run_settings(args)) is not None
+    assert (
+        find_run(path, {**run_settings(args), "no_progress": False, "results_json": "elsewhere"}) is not None
+    )
+    assert find_run(path, {**run_settings(args), "epochs": 1.0}) is None
+    assert find_run(path, {**run_settings(args), "c_h_from_private": True}) is None
+    assert find_run(tmp_path / "missing.jsonl", run_settings(args)) is None
+
+
+def test_flags_to_conditions():
+    assert flags_to_conditions(["--epochs", "5", "--c_h_from_private", "--mode=dpsgd"]) == {
+        "epochs": "5",
+        "c_h_from_private": "true",
+        "mode": "dpsgd",
+    }
 
 
 def test_malformed_line_is_reported_with_its_number(tmp_path):

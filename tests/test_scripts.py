@@ -31,11 +31,19 @@ def test_every_mode_runs_end_to_end_and_records(tmp_path, sepsis_dir, mode):
     assert stored["epochs_log"][-1]["step"] == stored["steps"]  # exactly T steps
     assert 0.0 <= stored["test_aupr"] <= 1.0 and 0.0 <= stored["val_auroc"] <= 1.0
     assert "ICULOS_bin" not in stored["sensitive_columns"]
-    if MODES[mode].private:
+    spec = MODES[mode]
+    if spec.private:
         assert stored["sigma"] > 0 and stored["epsilon_spent"] <= stored["epsilon"]
-        assert stored["accountant"] == "rdp" and stored["privacy_guarantee_holds"] is True
+        assert stored["neighbouring_relation"] == spec.relation
+        if spec.relation == "replace-one":
+            assert stored["accountant"].startswith("pld")
+            assert stored["epsilon_replace_one"] == stored["epsilon_spent"]
+        else:
+            assert stored["accountant"] == "rdp"
+            assert stored["epsilon_replace_one"] > stored["epsilon_spent"]  # sensitivity 2C costs more
+        assert "predictable" in stored["noise_source"]
     else:
-        assert stored["sigma"] is None
+        assert stored["sigma"] is None and stored["neighbouring_relation"] is None
     assert stored["privacy_guarantee_holds"] is (mode != "sgd_ori")
 
 
@@ -100,14 +108,15 @@ def test_sweep_runs_skips_finished_runs_and_prints_table(tmp_path, sepsis_dir):
     }
     cmd = ["bash", "scripts/sweep_sepsis.sh", str(results), "--epochs", "1", "--batch_size", "32"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    assert "2 run(s) to do" in first.stderr
+    assert "2 run(s), 2 at a time" in first.stderr and "FAILED" not in first.stderr
     assert "| dpsgd | 2.0 |" in first.stdout and "| sgd_ori | 2.0 |" in first.stdout
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    assert "0 run(s) to do" in second.stderr
+    assert second.stdout.count("skipped: a finished run") == 2
     assert len(load_records(results)) == 2
-    # Different extra flags are a different run, not a duplicate.
+    # Any other flag value is a different run, not a duplicate.
     third = subprocess.run([*cmd[:-1], "16"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    assert "2 run(s) to do" in third.stderr
+    assert "skipped" not in third.stdout
+    assert len(load_records(results)) == 4
 
 
 def test_make_tables_mean_std_count_and_plot(tmp_path):
