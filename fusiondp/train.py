@@ -146,6 +146,41 @@ def resolve_c_h(
     return c_h, "estimated from hybrid rows at initialisation (public)"
 
 
+def privacy_spec_for(args: argparse.Namespace, mode: ModeSpec, *, num_rows: int) -> PrivacySpec | None:
+    """σ calibrated for the mode's neighbouring relation, or None for the non-private modes."""
+    if not mode.private:
+        return None
+    return make_privacy_spec(
+        epsilon=args.epsilon,
+        delta=args.delta,
+        batch_size=args.batch_size,
+        num_rows=num_rows,
+        epochs=args.epochs,
+        accountant=args.accountant,
+        relation=mode.relation,
+    )
+
+
+def step_config_for(
+    args: argparse.Namespace, mode: ModeSpec, *, privacy: PrivacySpec | None, c_h: float | None
+) -> StepConfig:
+    """The step's hyperparameters from the CLI flags and the mode."""
+    w_pub, w_priv = mode.weights(alpha=args.alpha, beta=args.beta)
+    return StepConfig(
+        lr=args.lr,
+        w_pub=w_pub,
+        w_priv=w_priv,
+        max_grad_norm=args.max_grad_norm,
+        noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+        expected_batch_size=float(args.batch_size),
+        private_loss=mode.private_loss,
+        reg_weight=mode.regularizer_weight(beta=args.beta),
+        c_h=c_h,
+        max_param_norm=args.max_param_norm or None,
+        divide_by_realised_batch=args.divide_by_realised_batch,
+    )
+
+
 def run_experiment(
     args: argparse.Namespace,
     *,
@@ -171,17 +206,8 @@ def run_experiment(
     seed_everything(args.seed)
     data = data.to(device)
     n = data.num_rows
-    privacy: PrivacySpec | None = None
-    if mode.private:
-        privacy = make_privacy_spec(
-            epsilon=args.epsilon,
-            delta=args.delta,
-            batch_size=args.batch_size,
-            num_rows=n,
-            epochs=args.epochs,
-            accountant=args.accountant,
-            relation=mode.relation,
-        )
+    privacy = privacy_spec_for(args, mode, num_rows=n)
+    if privacy:
         steps = privacy.steps
     else:
         check_sample_rate(args.batch_size / n, batch_size=args.batch_size, num_rows=n)
@@ -189,20 +215,8 @@ def run_experiment(
 
     model = build_model(data.original.shape[1]).to(device)
     c_h, c_h_source = resolve_c_h(args, mode, model, data, seed=args.seed)
-    w_pub, w_priv = mode.weights(alpha=args.alpha, beta=args.beta)
-    cfg = StepConfig(
-        lr=args.lr,
-        w_pub=w_pub,
-        w_priv=w_priv,
-        max_grad_norm=args.max_grad_norm,
-        noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
-        expected_batch_size=float(args.batch_size),
-        private_loss=mode.private_loss,
-        reg_weight=mode.regularizer_weight(beta=args.beta),
-        c_h=c_h,
-        max_param_norm=args.max_param_norm or None,
-        divide_by_realised_batch=args.divide_by_realised_batch,
-    )
+    cfg = step_config_for(args, mode, privacy=privacy, c_h=c_h)
+    w_pub, w_priv = cfg.w_pub, cfg.w_priv
 
     def evaluate(m: nn.Module) -> dict[str, dict[str, float]]:
         return {

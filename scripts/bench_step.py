@@ -50,10 +50,10 @@ import torch
 from fusiondp.data import data_root, prepare_tabular
 from fusiondp.models import binary_bce, sepsis_mlp
 from fusiondp.modes import MODES
-from fusiondp.privacy import make_privacy_spec
 from fusiondp.regularizer import estimate_c_h_public
 from fusiondp.results import append_record, command_line, git_commit, load_records
-from fusiondp.step import StepConfig, fusion_step, per_example_gradients, public_gradient
+from fusiondp.step import fusion_step, per_example_gradients, public_gradient
+from fusiondp.train import privacy_spec_for, step_config_for
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO / "train_fusiondp_sepsis.py"
@@ -234,35 +234,15 @@ def time_phases(args: argparse.Namespace) -> dict:
         model, data.hybrid, sensitive_columns=data.sensitive_features, generator=generator
     )
     fusion = MODES["fusiondp"]
-    reg_weight = fusion.regularizer_weight(beta=ref.beta)
     # Fixed batches drawn once: the timings are of the computation, not of sampling or gathering rows.
     pub_rows = torch.randperm(n, generator=generator)[: min(ref.public_batch_size, n)]
     priv_rows = torch.randperm(n, generator=generator)[: ref.batch_size]
     x_pub, y_pub = data.hybrid[pub_rows], data.y[pub_rows]
     x_priv, x_ref, y_priv = data.original[priv_rows], data.hybrid[priv_rows], data.y[priv_rows]
 
-    privacy = make_privacy_spec(
-        epsilon=ref.epsilon,
-        delta=ref.delta,
-        batch_size=ref.batch_size,
-        num_rows=n,
-        epochs=ref.epochs,
-        accountant=ref.accountant,
-    )
-    w_pub, w_priv = fusion.weights(alpha=ref.alpha, beta=ref.beta)
-    fusion_cfg = StepConfig(
-        lr=ref.lr,
-        w_pub=w_pub,
-        w_priv=w_priv,
-        max_grad_norm=ref.max_grad_norm,
-        noise_multiplier=privacy.noise_multiplier,
-        expected_batch_size=float(ref.batch_size),
-        private_loss=fusion.private_loss,
-        reg_weight=reg_weight,
-        c_h=c_h,
-        max_param_norm=ref.max_param_norm or None,
-    )
-    sgd_cfg = StepConfig(lr=ref.lr, w_pub=1.0, w_priv=0.0, max_param_norm=ref.max_param_norm or None)
+    fusion_cfg = step_config_for(ref, fusion, privacy=privacy_spec_for(ref, fusion, num_rows=n), c_h=c_h)
+    sgd_cfg = step_config_for(ref, MODES["sgd_ori"], privacy=None, c_h=None)
+    reg_weight = fusion_cfg.reg_weight
     step_model = copy.deepcopy(model)  # whole steps update their parameters; keep the phase model fixed
     noise_generator = torch.Generator().manual_seed(args.seed + 1)
 
@@ -319,7 +299,7 @@ def time_phases(args: argparse.Namespace) -> dict:
         "phases": out,
         "steps_per_epoch": steps_per_epoch,
         "c_h": c_h,
-        "noise_multiplier": privacy.noise_multiplier,
+        "noise_multiplier": fusion_cfg.noise_multiplier,
         "torch_threads": torch.get_num_threads(),
     }
 
