@@ -164,3 +164,15 @@ def test_make_tables_mean_std_count_and_plot(tmp_path):
         check=True,
     )
     assert "| 1.0 | 0.6667 ± 0.1528 | 3 |" in grouped.stdout
+
+
+def test_secure_noise_is_not_reproducible_and_says_so(sepsis_dir):
+    runs = [sepsis.main(sepsis_args(sepsis_dir, "--mode", "dpsgd", "--secure_noise")) for _ in range(2)]
+    assert runs[0]["epochs_log"] != runs[1]["epochs_log"]
+    assert runs[0]["noise_source"].startswith("secure")
+
+
+def test_reference_options_are_recorded_as_outside_the_guarantee(sepsis_dir):
+    record = sepsis.main(sepsis_args(sepsis_dir, "--mode", "calibrated_fusion", "--divide_by_realised_batch"))
+    assert record["privacy_guarantee_holds"] is False
+    assert "realised batch size" in record["outside_guarantee"][0]
