@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="--seed of every training run")
     parser.add_argument(
+        "--train_flags",
+        default="",
+        help="extra flags for every training run, as one string, e.g. --train_flags='--public_batch_size 128'",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -165,7 +171,7 @@ def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> d
     results = workdir / f"{tag}.jsonl"
     peak_file = workdir / f"{tag}.peak.json"
     train_flags = ["--mode", mode, "--epochs", str(args.epochs), "--no_progress", "--seed", str(args.seed)]
-    train_flags += ["--results_json", str(results)]
+    train_flags += ["--results_json", str(results), *shlex.split(args.train_flags)]
     if args.data_dir is not None:
         train_flags += ["--data_dir", str(args.data_dir.resolve())]
     command = [sys.executable, "-c", CHILD_WRAPPER, str(peak_file), str(TRAIN_SCRIPT), *train_flags]
