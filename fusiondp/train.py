@@ -293,6 +293,7 @@ def run_experiment(
         "epochs_log": log,
         "device": str(device),
         "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),  # float sums, hence the last digits, depend on it
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "command": command_line(),

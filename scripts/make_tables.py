@@ -111,7 +111,8 @@ def markdown_table(frame: pd.DataFrame, *, group: list[str], metrics: list[str])
         cells = [str(row[g]) for g in group]
         for m in metrics:
             std = row[f"{m}:std"]
-            cells.append(f"{row[f'{m}:mean']:.4f} ± {0.0 if pd.isna(std) else std:.4f}")
+            spread = "" if pd.isna(std) else f" ± {std:.4f}"  # one run: no spread to show
+            cells.append(f"{row[f'{m}:mean']:.4f}{spread}")
         cells.append(str(int(row["n"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
