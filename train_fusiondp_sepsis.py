@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> dict:
         extra_record={
             "data_dir": str(data_dir),
             "sensitive_columns": SENSITIVE,
-            "imputer": "TabPFN (authors' release, train_hybrid.csv)",
+            "imputer": "TabPFN, as released by the authors in train_hybrid.csv (support set not shipped: that the imputer saw only public data is their claim, not checked here)",
         },
     )
     summary = {
