@@ -185,8 +185,12 @@ def prepare_tabular(
     categorical: Sequence[str] = (),
     one_hot: bool = True,
     noise_seed: int = 0,
+    extra_public: pd.DataFrame | None = None,
 ) -> tuple[TabularData, TabularPreprocessor]:
-    """Fit the preprocessor on the hybrid rows and build every view.
+    """Fit the preprocessor on the hybrid rows (plus ``extra_public`` rows) and build every view.
+
+    ``extra_public`` must be public too, e.g. the imputer's support set, whose sensitive values are
+    public by assumption: it lets the vocabularies know categories the imputer never predicts.
 
     The noise view is the hybrid view with the sensitive feature columns replaced by N(0, 1) draws
     (seeded by ``noise_seed``), so it never reads an original sensitive value either.
@@ -194,7 +198,7 @@ def prepare_tabular(
     columns = [*public, *sensitive]
     numeric = [c for c in columns if c not in set(categorical)]
     prep = TabularPreprocessor(numeric=numeric, categorical=list(categorical), one_hot=one_hot)
-    prep.fit(hybrid[columns])
+    prep.fit(hybrid[columns] if extra_public is None else pd.concat([hybrid[columns], extra_public[columns]]))
 
     def tensor(frame: pd.DataFrame) -> Tensor:
         return torch.from_numpy(prep.transform(frame[columns]))

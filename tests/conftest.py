@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,40 @@ def sepsis_args(data_dir: Path, *extra: str):
             *extra,
         ]
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_tabpfn_checkpoints(tmp_path_factory):
+    """Randomly initialised TabPFN-v2 checkpoints built with tabpfn's own architecture code.
+
+    For tests of the integration only: their predictions carry no knowledge, never use them for results.
+    """
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("tabpfn")
+    from tabpfn.architectures import tabpfn_v2
+    from tabpfn.architectures.shared.bar_distribution import FullSupportBarDistribution
+
+    folder = tmp_path_factory.mktemp("tabpfn")  # file names must not contain v2.5/v2.6/v3 (read as versions)
+    paths = {}
+    for task in ("classifier", "regressor"):
+        torch.manual_seed(0)
+        if task == "classifier":
+            cfg = tabpfn_v2.TabPFNV2Config(emsize=32, nlayers=2, nhead=2, max_num_classes=10)
+        else:  # a regressor head has num_buckets outputs: max_num_classes must be 0
+            cfg = tabpfn_v2.TabPFNV2Config(emsize=32, nlayers=2, nhead=2, max_num_classes=0, num_buckets=100)
+        model = tabpfn_v2.get_architecture(cfg)
+        state = dict(model.state_dict())
+        with torch.no_grad():  # zero-initialised output projections would make every prediction equal
+            for tensor in state.values():
+                if tensor.is_floating_point() and tensor.dim() == 2 and not tensor.any():
+                    torch.nn.init.xavier_uniform_(tensor)
+        if task == "regressor":
+            borders = torch.distributions.Normal(0.0, 1.5).icdf(torch.linspace(0.0005, 0.9995, 101))
+            state.update(
+                {f"criterion.{k}": v for k, v in FullSupportBarDistribution(borders).state_dict().items()}
+            )
+        paths[task] = folder / f"tiny-random-{task}.ckpt"
+        torch.save(
+            {"state_dict": state, "config": asdict(cfg), "architecture_name": "tabpfn_v2"}, paths[task]
+        )
+    return paths

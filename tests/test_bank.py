@@ -1,0 +1,131 @@
+"""impute_bank.py and train_fusiondp_bank.py end to end on a small table the test builds."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import impute_bank
+import train_fusiondp_bank
+from fusiondp.results import load_records
+
+SIZES = ["64", "300", "80", "80"]
+
+
+def _bank_table(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, n),
+            "job": rng.choice(["admin.", "technician", "unknown", "retired"], n),
+            "marital": rng.choice(["married", "single", "divorced"], n),
+            "education": rng.choice(["primary", "secondary", "tertiary", "unknown"], n),
+            "default": rng.choice(["yes", "no"], n),
+            "balance": rng.integers(-500, 5000, n),
+            "housing": rng.choice(["yes", "no"], n),
+            "loan": rng.choice(["yes", "no"], n),
+            "contact": rng.choice(["cellular", "unknown"], n),
+            "day": rng.integers(1, 31, n),
+            "month": rng.choice(["jan", "may", "dec"], n),
+            "duration": rng.integers(0, 2000, n),
+            "campaign": rng.integers(1, 10, n),
+            "pdays": rng.integers(-1, 400, n),
+            "previous": rng.integers(0, 5, n),
+            "poutcome": rng.choice(["success", "failure", "unknown"], n),
+        }
+    )
+    df["y"] = np.where(df["duration"] + 300 * (df["housing"] == "no") > 1200, "yes", "no")
+    return df
+
+
+def _impute(tmp_path, csv, *extra):
+    out = tmp_path / "out"
+    args = impute_bank.get_args_parser().parse_args(
+        ["--data_csv", str(csv), "--out_dir", str(out), "--split_sizes", *SIZES, "--no_progress", *extra]
+    )
+    return impute_bank.main(args), out
+
+
+@pytest.mark.parametrize("separator", [",", ";"])
+def test_impute_then_train_hgb(tmp_path, separator):
+    csv = tmp_path / "bank.csv"
+    _bank_table().to_csv(csv, index=False, sep=separator)
+    _, out = _impute(tmp_path, csv, "--imputer", "hgb")
+    for name in (
+        "bank_support.csv",
+        "bank_train.csv",
+        "bank_train_imputed.csv",
+        "bank_val.csv",
+        "bank_test.csv",
+        "imputation_metrics.csv",
+        "imputation_info.json",
+    ):
+        assert (out / name).is_file(), name
+    train, hybrid = pd.read_csv(out / "bank_train.csv"), pd.read_csv(out / "bank_train_imputed.csv")
+    assert len(train) == 300 and (train[impute_bank.PUBLIC].equals(hybrid[impute_bank.PUBLIC]))
+    assert json.loads((out / "imputation_info.json").read_text())["deviation_from_paper"].startswith("hgb")
+    metrics = pd.read_csv(out / "imputation_metrics.csv").set_index("column")
+    assert set(metrics.index) == set(impute_bank.SENSITIVE) and metrics.loc["job", "accuracy"] >= 0
+    results = tmp_path / "r.jsonl"
+    record = train_fusiondp_bank.main(
+        train_fusiondp_bank.get_args_parser().parse_args(
+            [
+                "--data_dir",
+                str(out),
+                "--one_hot",
+                "--epochs",
+                "1",
+                "--batch_size",
+                "32",
+                "--no_progress",
+                "--results_json",
+                str(results),
+            ]
+        )
+    )
+    assert record["imputer"] == "hgb" and record["deviation_from_paper"]
+    assert load_records(results)[0]["num_features"] > len(impute_bank.PUBLIC) + 5  # one-hot columns
+
+
+def test_tabpfn_imputer_runs_from_the_command_line(tmp_path, tiny_tabpfn_checkpoints):
+    csv = tmp_path / "bank.csv"
+    _bank_table().to_csv(csv, index=False)
+    result, out = _impute(
+        tmp_path,
+        csv,
+        "--imputer",
+        "tabpfn",
+        "--tabpfn_classifier_path",
+        str(tiny_tabpfn_checkpoints["classifier"]),
+        "--tabpfn_regressor_path",
+        str(tiny_tabpfn_checkpoints["regressor"]),
+    )
+    assert result["imputer"] == "tabpfn" and result["deviation_from_paper"] is None
+    assert len(pd.read_csv(out / "bank_train_imputed.csv")) == 300
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda df, p: df.to_csv(p, index=False, sep="\t"), "one column only"),
+        (lambda df, p: df.drop(columns=["job"]).to_csv(p, index=False), r"missing column\(s\) \['job'\]"),
+        (
+            lambda df, p: df.assign(y=df["y"].replace("yes", "maybe")).to_csv(p, index=False),
+            r"must hold 'yes'/'no', found \['maybe'\]",
+        ),
+    ],
+)
+def test_bad_bank_input(tmp_path, mutate, match):
+    csv = tmp_path / "bank.csv"
+    mutate(_bank_table(), csv)
+    with pytest.raises(ValueError, match=match):
+        _impute(tmp_path, csv, "--imputer", "hgb")
+
+
+def test_missing_weights_fail_before_work(tmp_path):
+    csv = tmp_path / "bank.csv"
+    _bank_table().to_csv(csv, index=False)
+    with pytest.raises(RuntimeError, match="does not exist"):
+        _impute(tmp_path, csv, "--imputer", "tabpfn", "--tabpfn_classifier_path", str(tmp_path / "none.ckpt"))
+    assert not (tmp_path / "out").exists()
