@@ -19,26 +19,13 @@ Writes ``bank_support.csv, bank_train.csv, bank_train_imputed.csv, bank_val.csv,
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from fusiondp.cli import run_main
 from fusiondp.data import check_columns, data_root
-from fusiondp.impute import (
-    DEVIATION_NOTE,
-    IMPUTERS,
-    TABPFN_MAX_CLASSES,
-    SensitiveImputer,
-    apply_cap,
-    cap_categories,
-    check_disjoint,
-    imputation_quality,
-    split_indices,
-    write_csv,
-)
+from fusiondp.impute import add_imputer_args, impute_dataset, output_files
 
 SENSITIVE = ["age", "job", "marital", "education", "housing"]
 PUBLIC = ["default", "balance", "loan", "contact", "day", "month", "duration", "campaign", "pdays", "previous",
@@ -46,7 +33,7 @@ PUBLIC = ["default", "balance", "loan", "contact", "day", "month", "duration", "
 CATEGORICAL = ["job", "marital", "education", "housing", "default", "loan", "contact", "month", "poutcome"]
 LABEL = "y"
 SPLITS = {"support": 512, "train": 30_000, "val": 5_000, "test": 5_000}
-FILES = {split: f"bank_{split}.csv" for split in SPLITS} | {"train_imputed": "bank_train_imputed.csv"}
+FILES = output_files("bank")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,20 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="bank-full.csv (default: $FUSIONDP_DATA/bank/bank-full.csv)",
     )
     parser.add_argument("--ucimlrepo", action="store_true", help="fetch UCI id 222 instead (needs internet)")
-    parser.add_argument("--out_dir", type=Path, default=Path("outputs/bank"))
-    parser.add_argument("--imputer", choices=IMPUTERS, default="tabpfn")
-    parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
-    parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
-    parser.add_argument("--seed", type=int, default=66, help="split and imputer seed")
-    parser.add_argument(
-        "--split_sizes",
-        type=int,
-        nargs=4,
-        default=list(SPLITS.values()),
-        metavar=("SUPPORT", "TRAIN", "VAL", "TEST"),
-        help="rows per split (default: %(default)s)",
-    )
-    parser.add_argument("--no_progress", action="store_true")
+    add_imputer_args(parser, splits=SPLITS, seed=66, out_dir="outputs/bank")
     return parser
 
 
@@ -111,45 +85,12 @@ def load_bank(data_csv: Path | None, *, ucimlrepo: bool = False) -> pd.DataFrame
 
 def main(args: argparse.Namespace) -> dict:
     df = load_bank(args.data_csv, ucimlrepo=args.ucimlrepo)
-    sizes = dict(zip(SPLITS, args.split_sizes, strict=True))
-    ids = split_indices(len(df), sizes, seed=args.seed)
-    check_disjoint(ids["support"], ids["train"])
-    frames = {name: df.iloc[rows].reset_index(drop=True) for name, rows in ids.items()}
-    for col in [c for c in SENSITIVE if c in CATEGORICAL]:  # caps fitted on the public support set
-        keep = cap_categories(frames["support"][col], max_categories=TABPFN_MAX_CLASSES)
-        for frame in frames.values():
-            frame[col] = apply_cap(frame[col], keep)
-    imputer = SensitiveImputer(
-        kind=args.imputer,
-        public=PUBLIC,
-        sensitive=SENSITIVE,
-        categorical=CATEGORICAL,
-        seed=args.seed,
-        model_paths={"classifier": args.tabpfn_classifier_path, "regressor": args.tabpfn_regressor_path},
+    source = (
+        "ucimlrepo id 222" if args.ucimlrepo else str(args.data_csv or data_root() / "bank" / "bank-full.csv")
     )
-    imputed = imputer.fit(frames["support"]).predict(frames["train"], progress=not args.no_progress)
-    frames["train_imputed"] = frames["train"].assign(**{c: imputed[c] for c in SENSITIVE})
-    for name, frame in frames.items():
-        write_csv(frame, args.out_dir / FILES[name])
-    quality = imputation_quality(frames["train"], imputed, categorical=CATEGORICAL)
-    quality.insert(0, "imputer", args.imputer)
-    quality.to_csv(args.out_dir / "imputation_metrics.csv", index=False, quoting=csv.QUOTE_MINIMAL)
-    info = {
-        "dataset": "bank",
-        "imputer": args.imputer,
-        "seed": args.seed,
-        "splits": sizes,
-        "sensitive_columns": SENSITIVE,
-        "deviation_from_paper": DEVIATION_NOTE if args.imputer == "hgb" else None,
-        "source": "ucimlrepo id 222"
-        if args.ucimlrepo
-        else str(args.data_csv or data_root() / "bank" / "bank-full.csv"),
-    }
-    (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(quality.to_string(index=False))
-    if args.imputer == "hgb":
-        print(f"NOTE: {DEVIATION_NOTE}.")
-    return {"out_dir": str(args.out_dir), "quality": quality.to_dict("records"), **info}
+    return impute_dataset(
+        df, args, dataset="bank", public=PUBLIC, sensitive=SENSITIVE, categorical=CATEGORICAL, source=source
+    )
 
 
 if __name__ == "__main__":

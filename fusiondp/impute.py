@@ -11,6 +11,8 @@ machines without TabPFN weights; its results are a deviation from the paper and 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -254,3 +256,89 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return path
+
+
+def output_files(dataset: str) -> dict[str, str]:
+    """The reference file names: ``<ds>_support.csv, <ds>_train.csv, <ds>_train_imputed.csv, ...``."""
+    return {split: f"{dataset}_{split}.csv" for split in ("support", "train", "train_imputed", "val", "test")}
+
+
+def add_imputer_args(
+    parser: argparse.ArgumentParser, *, splits: dict[str, int], seed: int, out_dir: str
+) -> None:
+    """Flags every impute_<dataset>.py shares."""
+    parser.add_argument("--out_dir", type=Path, default=Path(out_dir))
+    parser.add_argument(
+        "--imputer",
+        choices=IMPUTERS,
+        default="tabpfn",
+        help="tabpfn (the paper's; needs weights) or hgb (offline stand-in, labelled as such)",
+    )
+    parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
+    parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
+    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
+    parser.add_argument(
+        "--split_sizes",
+        type=int,
+        nargs=len(splits),
+        default=list(splits.values()),
+        metavar=tuple(s.upper() for s in splits),
+        help="rows per split (default: %(default)s)",
+    )
+    parser.add_argument("--no_progress", action="store_true")
+
+
+def impute_dataset(
+    df: pd.DataFrame,
+    args: argparse.Namespace,
+    *,
+    dataset: str,
+    public: Sequence[str],
+    sensitive: Sequence[str],
+    categorical: Sequence[str],
+    source: str,
+) -> dict:
+    """Split ``df`` (support/train/val/test), impute the training rows' sensitive columns, write the CSVs.
+
+    Privacy contract: the imputer and the category caps are fitted on the support split only, and the
+    training rows' sensitive values are read only to measure imputation quality (an evaluation).
+    """
+    splits = ("support", "train", "val", "test")
+    sizes = dict(zip(splits, args.split_sizes, strict=True))
+    ids = split_indices(len(df), sizes, seed=args.seed)
+    check_disjoint(ids["support"], ids["train"])
+    frames = {name: df.iloc[rows].reset_index(drop=True) for name, rows in ids.items()}
+    for col in [c for c in sensitive if c in set(categorical)]:
+        keep = cap_categories(frames["support"][col], max_categories=TABPFN_MAX_CLASSES)
+        for frame in frames.values():
+            frame[col] = apply_cap(frame[col], keep)
+    imputer = SensitiveImputer(
+        kind=args.imputer,
+        public=public,
+        sensitive=sensitive,
+        categorical=categorical,
+        seed=args.seed,
+        model_paths={"classifier": args.tabpfn_classifier_path, "regressor": args.tabpfn_regressor_path},
+    )
+    imputed = imputer.fit(frames["support"]).predict(frames["train"], progress=not args.no_progress)
+    frames["train_imputed"] = frames["train"].assign(**{c: imputed[c] for c in sensitive})
+    files = output_files(dataset)
+    for name, frame in frames.items():
+        write_csv(frame, args.out_dir / files[name])
+    quality = imputation_quality(frames["train"], imputed, categorical=categorical)
+    quality.insert(0, "imputer", args.imputer)
+    quality.to_csv(args.out_dir / "imputation_metrics.csv", index=False)
+    info = {
+        "dataset": dataset,
+        "imputer": args.imputer,
+        "seed": args.seed,
+        "splits": sizes,
+        "sensitive_columns": list(sensitive),
+        "source": source,
+        "deviation_from_paper": DEVIATION_NOTE if args.imputer == "hgb" else None,
+    }
+    (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(quality.to_string(index=False))
+    if args.imputer == "hgb":
+        print(f"NOTE: {DEVIATION_NOTE}.")
+    return {"out_dir": str(args.out_dir), "quality": quality.to_dict("records"), **info}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sweep a training script (sepsis by default; SCRIPT=train_fusiondp_bank.py for bank) over modes x epsilon x alpha x beta x seeds, skipping runs already in the
+# Sweep a training script over modes x epsilon x alpha x beta x seeds, skipping runs already in the
 # results file (same settings, all flags compared), N jobs at a time, then print the mean ± std table.
+# Sepsis by default; SCRIPT=train_fusiondp_bank.py (with its flags) sweeps another dataset.
 #
 #   scripts/sweep_sepsis.sh results/sepsis.jsonl [extra flags for the train script]
 #   MODES="dpsgd fusiondp" EPSILONS="1 2" SEEDS="1 2 3" JOBS=2 scripts/sweep_sepsis.sh results/sepsis.jsonl --epochs 5
