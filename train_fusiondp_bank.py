@@ -15,16 +15,12 @@ imputer made the hybrid file; it goes into the result record.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fusiondp.cli import add_training_args, run_main
-from fusiondp.data import check_aligned, check_binary_label, check_columns, prepare_tabular, read_csv
-from fusiondp.models import binary_bce, small_tabular_mlp
-from fusiondp.train import run_experiment
-from impute_bank import CATEGORICAL, FILES, LABEL, PUBLIC, SENSITIVE
-
-HINT = "Run impute_bank.py first (it writes these files), or point --data_dir at its --out_dir."
+from fusiondp.models import small_tabular_mlp
+from fusiondp.train import run_imputed_tabular
+from impute_bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,72 +50,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_frames(data_dir: Path) -> dict:
-    frames = {}
-    for split in ("train", "train_imputed", "val", "test", "support"):
-        path = data_dir / FILES[split]
-        frames[split] = df = read_csv(path, what=f"bank {split} file", hint=HINT)
-        check_columns(df, path=path, required=[*PUBLIC, *SENSITIVE, LABEL])
-        check_binary_label(df, label=LABEL, path=path)
-    check_aligned(
-        frames["train"],
-        frames["train_imputed"],
-        public_columns=PUBLIC,
-        label=LABEL,
-        original_path=data_dir / FILES["train"],
-        hybrid_path=data_dir / FILES["train_imputed"],
-    )
-    return frames
-
-
 def main(args: argparse.Namespace) -> dict:
-    frames = load_frames(args.data_dir)
-    info_path = args.data_dir / "imputation_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {"imputer": "unknown"}
-    data, _ = prepare_tabular(
-        frames["train"],
-        frames["train_imputed"],
-        frames["val"],
-        frames["test"],
-        sensitive=SENSITIVE,
-        public=PUBLIC,
-        label=LABEL,
-        categorical=CATEGORICAL,
-        one_hot=args.one_hot,
-        noise_seed=args.seed,
-        extra_public=frames["support"],
-    )
-    record = run_experiment(
+    return run_imputed_tabular(
         args,
         dataset="bank",
-        data=data,
+        public=PUBLIC,
+        sensitive=SENSITIVE,
+        categorical=CATEGORICAL,
+        label=LABEL,
         build_model=small_tabular_mlp,
-        loss_fn=binary_bce,
-        extra_record={
-            "data_dir": str(args.data_dir),
-            "sensitive_columns": SENSITIVE,
-            "imputer": info.get("imputer"),
-            "deviation_from_paper": info.get("deviation_from_paper"),
-        },
     )
-    print(
-        json.dumps(
-            {
-                k: record[k]
-                for k in (
-                    "mode",
-                    "epsilon",
-                    "epsilon_spent",
-                    "sigma",
-                    "test_auroc",
-                    "test_aupr",
-                    "test_f1",
-                    "imputer",
-                )
-            }
-        )
-    )
-    return record
 
 
 if __name__ == "__main__":

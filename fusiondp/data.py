@@ -90,6 +90,34 @@ def check_aligned(
             )
 
 
+def output_files(dataset: str) -> dict[str, str]:
+    """The reference file names: ``<ds>_support.csv, <ds>_train.csv, <ds>_train_imputed.csv, ...``."""
+    return {split: f"{dataset}_{split}.csv" for split in ("support", "train", "train_imputed", "val", "test")}
+
+
+def load_imputed_splits(
+    data_dir: Path, *, dataset: str, public: Sequence[str], sensitive: Sequence[str], label: str
+) -> dict[str, pd.DataFrame]:
+    """The CSVs an ``impute_<dataset>.py`` wrote, checked: columns, binary labels, hybrid alignment."""
+    files = output_files(dataset)
+    hint = f"Run impute_{dataset}.py first (it writes these files), or point --data_dir at its --out_dir."
+    frames = {}
+    for split, name in files.items():
+        path = Path(data_dir) / name
+        frames[split] = df = read_csv(path, what=f"{dataset} {split} file", hint=hint)
+        check_columns(df, path=path, required=[*public, *sensitive, label])
+        check_binary_label(df, label=label, path=path)
+    check_aligned(
+        frames["train"],
+        frames["train_imputed"],
+        public_columns=public,
+        label=label,
+        original_path=Path(data_dir) / files["train"],
+        hybrid_path=Path(data_dir) / files["train_imputed"],
+    )
+    return frames
+
+
 @dataclass
 class TabularPreprocessor:
     """Mean-fill and standardise numeric columns; one-hot (or ordinal-code) categorical ones.

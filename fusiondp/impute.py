@@ -22,6 +22,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 from tqdm.auto import tqdm
 
+from fusiondp.data import output_files
+
 IMPUTERS = ("tabpfn", "hgb")
 DEVIATION_NOTE = "hgb imputer (scikit-learn HistGradientBoosting), NOT TabPFN: a deviation from the paper"
 TABPFN_MAX_CLASSES = 10
@@ -256,11 +258,6 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return path
-
-
-def output_files(dataset: str) -> dict[str, str]:
-    """The reference file names: ``<ds>_support.csv, <ds>_train.csv, <ds>_train_imputed.csv, ...``."""
-    return {split: f"{dataset}_{split}.csv" for split in ("support", "train", "train_imputed", "val", "test")}
 
 
 def add_imputer_args(
