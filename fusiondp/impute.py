@@ -213,6 +213,12 @@ class SensitiveImputer:
         return pd.DataFrame(out, index=frame.index)
 
 
+def _category_labels(values: pd.Series) -> pd.Series:
+    """Categories as strings, with numeric codes canonical (``1``, ``1.0`` and ``"1"`` are one class)."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    return values.astype(str).where(numeric.isna(), numeric.astype(float).astype(str))
+
+
 def imputation_quality(
     true: pd.DataFrame, imputed: pd.DataFrame, *, categorical: Sequence[str]
 ) -> pd.DataFrame:
@@ -225,7 +231,7 @@ def imputation_quality(
         known = true[col].notna().to_numpy()
         t, p = true[col][known], imputed[col][known]
         if col in set(categorical):
-            t, p = t.astype(str), p.astype(str)
+            t, p = _category_labels(t), _category_labels(p)
             rows.append(
                 {
                     "column": col,

@@ -88,3 +88,11 @@ def test_top_k_capping_is_fitted_on_the_support_column():
     assert keep == ["a", "b"]
     capped = apply_cap(pd.Series(["a", "c", "d", np.nan, "zz"]), keep)
     assert capped.tolist()[:3] == ["a", "other", "other"] and pd.isna(capped[3]) and capped[4] == "other"
+
+
+def test_quality_treats_numeric_category_codes_alike():
+    true = pd.DataFrame({"unit": [1.0, 0.0, 1.0, np.nan], "g": ["a", "b", "a", "b"]})
+    imputed = pd.DataFrame({"unit": [1, 0, 0, 1], "g": ["a", "a", "a", "b"]})
+    q = imputation_quality(true, imputed, categorical=["unit", "g"]).set_index("column")
+    assert q.loc["unit", "accuracy"] == pytest.approx(2 / 3) and q.loc["unit", "n"] == 3
+    assert q.loc["g", "accuracy"] == pytest.approx(3 / 4)
