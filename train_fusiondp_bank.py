@@ -1,6 +1,6 @@
 """FusionDP on UCI Bank Marketing (sensitive: age, job, marital, education, housing).
 
-Reference command (the paper authors' README; these are also the defaults):
+Reference command (the paper authors' README; its values are the defaults, but --one_hot must be given):
 
     python train_fusiondp_bank.py --one_hot --mode fusiondp --epsilon 1.0 --epochs 10 \
         --max_grad_norm 1.0 --alpha 1.0 --beta 1.0

@@ -2,8 +2,10 @@
 
 Privacy contract of :func:`prepare_tabular`: every fitted quantity (NaN fill values, scaler
 statistics, category vocabularies) comes from the HYBRID training rows, whose sensitive columns are
-foundation-model imputations computed from public columns, so nothing fitted depends on an original
-sensitive value. The original rows are only transformed with those fitted objects.
+foundation-model imputations computed from public columns, and optionally from other public rows
+(the imputer's support set), so nothing fitted depends on an original sensitive value. The original
+rows are only transformed with those fitted objects; a category the vocabulary lacks (or a missing
+value) becomes an all-zero one-hot block.
 """
 
 from __future__ import annotations

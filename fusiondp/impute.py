@@ -71,16 +71,17 @@ def tabpfn_weights_problem(model_paths: dict[str, str | None], *, needed: Sequen
     Otherwise says what is missing and what to do. ``model_paths[task]`` is a local checkpoint, or
     None for tabpfn's own cache.
     """
+    for task in needed:  # a wrong explicit path is the first thing to report
+        given = model_paths.get(task)
+        if given and not Path(given).is_file():
+            return f"--tabpfn_{task}_path {given} does not exist."
     try:
         import tabpfn  # noqa: F401
     except ImportError:
         return "TabPFN is not installed: pip install -e '.[tabular]' (or use --imputer hgb)."
     missing = []
     for task in needed:
-        given = model_paths.get(task)
-        if given:
-            if not Path(given).is_file():
-                return f"--tabpfn_{task}_path {given} does not exist."
+        if model_paths.get(task):
             continue
         from tabpfn.model_loading import resolve_model_path
         from tabpfn.settings import settings
@@ -339,6 +340,15 @@ def impute_dataset(
         "sensitive_columns": list(sensitive),
         "source": source,
         "deviation_from_paper": DEVIATION_NOTE if args.imputer == "hgb" else None,
+        "imputer_settings": (
+            {
+                "n_estimators": imputer.n_estimators,
+                "device": imputer.device,
+                "max_support_rows": imputer.max_support_rows,
+            }
+            if args.imputer == "tabpfn"
+            else "HistGradientBoosting: learning_rate 0.05, min_samples_leaf 20, early stopping on 20% of the support set"
+        ),
     }
     (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(quality.to_string(index=False))

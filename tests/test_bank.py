@@ -66,7 +66,9 @@ def test_impute_then_train_hgb(tmp_path, separator):
     assert len(train) == 300 and (train[impute_bank.PUBLIC].equals(hybrid[impute_bank.PUBLIC]))
     assert json.loads((out / "imputation_info.json").read_text())["deviation_from_paper"].startswith("hgb")
     metrics = pd.read_csv(out / "imputation_metrics.csv").set_index("column")
-    assert set(metrics.index) == set(impute_bank.SENSITIVE) and metrics.loc["job", "accuracy"] >= 0
+    assert set(metrics.index) == set(impute_bank.SENSITIVE) and 0 <= metrics.loc["job", "accuracy"] <= 1
+    assert "unknown" not in set(train["job"].dropna()) and train["job"].isna().any()  # 'unknown' is missing
+    assert not train["age"].equals(hybrid["age"])  # the hybrid really carries imputations
     results = tmp_path / "r.jsonl"
     record = train_fusiondp_bank.main(
         train_fusiondp_bank.get_args_parser().parse_args(
