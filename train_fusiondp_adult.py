@@ -1,4 +1,4 @@
-"""FusionDP on UCI Adult (sensitive: sex, race, native-country, marital-status, age; label: income).
+r"""FusionDP on UCI Adult (sensitive: sex, race, native-country, marital-status, age; label: income).
 
     python impute_adult.py --imputer hgb --out_dir outputs/adult
     python train_fusiondp_adult.py --one_hot --mode fusiondp --epsilon 1.0 --epochs 10 \
@@ -11,9 +11,8 @@ the bank/adult MLP d → 64 → 32 → 1; defaults follow the bank reference com
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from fusiondp.cli import add_training_args, run_main
+from fusiondp.cli import add_imputed_data_args, add_training_args, run_main
 from fusiondp.models import small_tabular_mlp
 from fusiondp.train import run_imputed_tabular
 from impute_adult import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
@@ -23,14 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data_dir", type=Path, default=Path("outputs/adult"), help="impute_adult.py's --out_dir"
-    )
-    parser.add_argument(
-        "--one_hot",
-        action="store_true",
-        help="one-hot categorical columns (as for bank); otherwise scaled ordinal codes",
-    )
+    add_imputed_data_args(parser, dataset="adult")
     add_training_args(
         parser,
         epsilon=1.0,

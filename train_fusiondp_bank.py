@@ -1,4 +1,4 @@
-"""FusionDP on UCI Bank Marketing (sensitive: age, job, marital, education, housing).
+r"""FusionDP on UCI Bank Marketing (sensitive: age, job, marital, education, housing).
 
 Reference command (the paper authors' README; its values are the defaults, but --one_hot must be given):
 
@@ -15,9 +15,8 @@ imputer made the hybrid file; it goes into the result record.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from fusiondp.cli import add_training_args, run_main
+from fusiondp.cli import add_imputed_data_args, add_training_args, run_main
 from fusiondp.models import small_tabular_mlp
 from fusiondp.train import run_imputed_tabular
 from impute_bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
@@ -27,14 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data_dir", type=Path, default=Path("outputs/bank"), help="impute_bank.py's --out_dir"
-    )
-    parser.add_argument(
-        "--one_hot",
-        action="store_true",
-        help="one-hot categorical columns (the reference); otherwise scaled ordinal codes",
-    )
+    add_imputed_data_args(parser, dataset="bank")
     add_training_args(
         parser,
         epsilon=1.0,

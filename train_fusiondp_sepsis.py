@@ -1,4 +1,4 @@
-"""FusionDP on PhysioNet 2019 sepsis prediction (one row per patient; 6 sensitive columns).
+r"""FusionDP on PhysioNet 2019 sepsis prediction (one row per patient; 6 sensitive columns).
 
 Reference command (the paper authors' README; these are also the defaults):
 

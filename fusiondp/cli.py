@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -138,3 +139,19 @@ def run_main(main, parser: argparse.ArgumentParser) -> None:
         main(args)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+def add_imputed_data_args(parser: argparse.ArgumentParser, *, dataset: str) -> argparse.ArgumentParser:
+    """``--data_dir`` (an ``impute_<dataset>.py`` output folder) and ``--one_hot``, for the tabular scripts."""
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        default=Path(f"outputs/{dataset}"),
+        help=f"impute_{dataset}.py's --out_dir (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--one_hot",
+        action="store_true",
+        help="one-hot categorical columns (the reference); otherwise scaled ordinal codes",
+    )
+    return parser
