@@ -131,3 +131,38 @@ def test_missing_weights_fail_before_work(tmp_path):
     with pytest.raises(RuntimeError, match="does not exist"):
         _impute(tmp_path, csv, "--imputer", "tabpfn", "--tabpfn_classifier_path", str(tmp_path / "none.ckpt"))
     assert not (tmp_path / "out").exists()
+
+
+def test_scrambling_original_sensitive_values_changes_no_public_input(tmp_path):
+    # Vocabularies, caps and scalers come from hybrid + support rows: the originals must not matter.
+    from fusiondp.data import load_imputed_splits, prepare_tabular
+
+    csv = tmp_path / "bank.csv"
+    _bank_table().to_csv(csv, index=False)
+    _, out = _impute(tmp_path, csv, "--imputer", "hgb")
+    frames = load_imputed_splits(
+        out,
+        dataset="bank",
+        public=impute_bank.PUBLIC,
+        sensitive=impute_bank.SENSITIVE,
+        label=impute_bank.LABEL,
+    )
+    scrambled = frames["train"].copy()
+    scrambled[impute_bank.SENSITIVE] = (
+        scrambled[impute_bank.SENSITIVE].sample(frac=1, random_state=1).to_numpy()
+    )
+    scrambled.loc[:5, "job"] = "astronaut"  # a category nobody public has seen
+    kw = {
+        "sensitive": impute_bank.SENSITIVE,
+        "public": impute_bank.PUBLIC,
+        "label": impute_bank.LABEL,
+        "categorical": impute_bank.CATEGORICAL,
+        "one_hot": True,
+        "extra_public": frames["support"],
+    }
+    a, _ = prepare_tabular(frames["train"], frames["train_imputed"], frames["val"], frames["test"], **kw)
+    b, _ = prepare_tabular(scrambled, frames["train_imputed"], frames["val"], frames["test"], **kw)
+    assert not np.array_equal(a.original.numpy(), b.original.numpy())
+    assert a.feature_names == b.feature_names
+    for name in ("hybrid", "noise", "x_val", "x_test", "y"):
+        assert np.array_equal(getattr(a, name).numpy(), getattr(b, name).numpy()), name
