@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> dict:
         args,
         dataset="sepsis",
         data=data,
-        build_model=sepsis_mlp,
+        build_model=lambda: sepsis_mlp(data.num_features),
         loss_fn=binary_bce,
         extra_record={
             "data_dir": str(data_dir),

@@ -14,11 +14,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from fusiondp.metrics import evaluate_binary
+from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
 
 
 def data_root() -> Path:
@@ -191,12 +195,42 @@ class TabularData:
     feature_names: list[str]
     sensitive_features: list[int]
 
+    headline_metric: ClassVar[str] = "aupr"
+
     @property
     def num_rows(self) -> int:
         return self.original.shape[0]
 
+    @property
+    def num_features(self) -> int:
+        return self.original.shape[1]
+
     def view(self, name: str) -> Tensor:
-        return {"original": self.original, "hybrid": self.hybrid, "noise": self.noise}[name]
+        views = {"original": self.original, "hybrid": self.hybrid, "noise": self.noise}
+        if name not in views:
+            raise ValueError(f"unknown view {name!r}; tabular data has {list(views)}.")
+        return views[name]
+
+    def batch(self, views: Sequence[str], rows: Tensor) -> list[Tensor]:
+        """The given rows of each named view (row-aligned, equal shapes)."""
+        return [self.view(name)[rows] for name in views]
+
+    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Binary metrics on every val and test row (evaluation data, not training data)."""
+        return {
+            "val": evaluate_binary(model, self.x_val, self.y_val),
+            "test": evaluate_binary(model, self.x_test, self.y_test),
+        }
+
+    def public_c_h(self, model: nn.Module, *, generator: torch.Generator) -> float:
+        """C_h from hybrid rows only (see :func:`fusiondp.regularizer.estimate_c_h_public`)."""
+        return estimate_c_h_public(
+            model, self.hybrid, sensitive_columns=self.sensitive_features, generator=generator
+        )
+
+    def private_c_h(self, model: nn.Module) -> float:
+        """The reference's C_h from ORIGINAL rows: NOT PRIVATE (``--c_h_from_private`` only)."""
+        return estimate_c_h_from_private(model, self.original, self.hybrid)
 
     def to(self, device: torch.device) -> TabularData:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}

@@ -4,6 +4,9 @@ Sampling: DP modes draw their private batch by Poisson sampling (each row indepe
 probability q = b/N), as the accountant assumes, and their public batch uniformly without
 replacement; the non-private modes use shuffled batches of exactly b rows. Every mode runs exactly
 T = round(epochs · N / b) steps and is evaluated on every val and test row at each epoch boundary.
+
+The loop reads its data through the small :class:`TrainingData` protocol, so tables
+(:class:`fusiondp.data.TabularData`) and notes share it, and with it the one DP step.
 """
 
 from __future__ import annotations
@@ -13,24 +16,59 @@ import json
 import platform
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fusiondp.cli import check_training_args, resolve_device, seed_everything
-from fusiondp.data import TabularData, load_imputed_splits, prepare_tabular
-from fusiondp.metrics import evaluate_binary
+from fusiondp.data import load_imputed_splits, prepare_tabular
 from fusiondp.models import binary_bce
 from fusiondp.modes import ModeSpec, get_mode
 from fusiondp.privacy import PrivacySpec, check_sample_rate, make_privacy_spec, num_steps
-from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
 from fusiondp.results import append_record, command_line, find_run, git_commit, run_settings
 from fusiondp.step import LossFn, StepConfig, fusion_step
 
 Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
+
+
+class TrainingData(Protocol):
+    """What the loop needs of a data set: row-aligned views of the training rows, labels, evaluation.
+
+    Views are named ``original`` (true sensitive values), ``hybrid`` (imputed) and, where it exists,
+    ``noise``. Only ``batch(("original", ...), rows)`` reads original sensitive values, and the loop
+    hands what it returns to the DP step's private term only.
+    """
+
+    y: Tensor
+    headline_metric: str
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def num_features(self) -> int | None: ...
+
+    def batch(self, views: Sequence[str], rows: Tensor) -> list[Tensor]:
+        """The rows of each view, as tensors of one common shape (padded jointly where needed)."""
+        ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """``{"val": metrics, "test": metrics}`` on every evaluation row."""
+        ...
+
+    def public_c_h(self, model: nn.Module, *, generator: torch.Generator) -> float:
+        """C_h estimated from public data only."""
+        ...
+
+    def private_c_h(self, model: nn.Module) -> float:
+        """The reference's C_h from original rows: NOT PRIVATE."""
+        ...
+
+    def to(self, device: torch.device) -> TrainingData: ...
 
 
 def epoch_boundaries(*, steps: int, epochs: float) -> list[int]:
@@ -66,7 +104,7 @@ class BatchSampler:
 
 def train(
     model: nn.Module,
-    data: TabularData,
+    data: TrainingData,
     *,
     mode: ModeSpec,
     cfg: StepConfig,
@@ -106,15 +144,19 @@ def train(
         }
         if not mode.private:
             rows = sampler.shuffled(batch_size).to(device)
-            batch.update(x_public=data.view(mode.sgd_view)[rows], y_public=data.y[rows])
+            (batch["x_public"],) = data.batch([mode.sgd_view], rows)
+            batch["y_public"] = data.y[rows]
         else:
             if cfg.w_pub:
                 rows = sampler.uniform(public_batch_size).to(device)
-                batch.update(x_public=data.view(mode.public_view)[rows], y_public=data.y[rows])
+                (batch["x_public"],) = data.batch([mode.public_view], rows)
+                batch["y_public"] = data.y[rows]
             rows = sampler.poisson(sample_rate).to(device)
-            batch.update(x_private=data.original[rows], y_private=data.y[rows])
+            batch["y_private"] = data.y[rows]
             if mode.private_loss == "difference":
-                batch["x_reference"] = data.view(mode.public_view)[rows]
+                batch["x_private"], batch["x_reference"] = data.batch(["original", mode.public_view], rows)
+            else:
+                (batch["x_private"],) = data.batch(["original"], rows)
         fusion_step(model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator)
         bar.update(1)
         if step in bounds:
@@ -124,14 +166,15 @@ def train(
             for split, values in metrics.items():
                 entry.update({f"{split}_{k}": v for k, v in values.items()})
             log.append(entry)
-            bar.set_postfix(val_aupr=f"{entry.get('val_aupr', float('nan')):.4f}")
+            key = f"val_{data.headline_metric}"
+            bar.set_postfix({key: f"{entry.get(key, float('nan')):.4f}"})
             start = time.perf_counter()
     bar.close()
     return log, train_seconds
 
 
 def resolve_c_h(
-    args: argparse.Namespace, mode: ModeSpec, model: nn.Module, data: TabularData, *, seed: int
+    args: argparse.Namespace, mode: ModeSpec, model: nn.Module, data: TrainingData, *, seed: int
 ) -> tuple[float | None, str]:
     """C_h and where it came from. Only ``--c_h_from_private`` reads original rows (and says so)."""
     if not mode.uses_regularizer:
@@ -139,14 +182,13 @@ def resolve_c_h(
     if args.c_h is not None:
         return float(args.c_h), "given (--c_h)"
     if args.c_h_from_private:
-        return estimate_c_h_from_private(model, data.original, data.hybrid), (
+        return data.private_c_h(model), (
             "estimated from ORIGINAL rows at initialisation (--c_h_from_private): NOT PRIVATE"
         )
     generator = torch.Generator().manual_seed(seed + 2)
-    c_h = estimate_c_h_public(
-        model, data.hybrid, sensitive_columns=data.sensitive_features, generator=generator
-    )
-    return c_h, "estimated from hybrid rows at initialisation (public)"
+    return data.public_c_h(
+        model, generator=generator
+    ), "estimated from hybrid rows at initialisation (public)"
 
 
 def privacy_spec_for(args: argparse.Namespace, mode: ModeSpec, *, num_rows: int) -> PrivacySpec | None:
@@ -188,8 +230,8 @@ def run_experiment(
     args: argparse.Namespace,
     *,
     dataset: str,
-    data: TabularData,
-    build_model: Callable[[int], nn.Module],
+    data: TrainingData,
+    build_model: Callable[[], nn.Module],
     loss_fn: LossFn,
     extra_record: dict | None = None,
 ) -> dict:
@@ -197,6 +239,7 @@ def run_experiment(
 
     ``data`` holds the original rows; they reach the model only through :func:`fusion_step`'s
     private term (DP modes) or, for ``sgd_ori``, without protection, as that mode's record states.
+    ``build_model()`` returns a fresh model (seeded by the caller's ``--seed`` just before).
     """
     check_training_args(args)
     if args.skip_existing and args.results_json:
@@ -216,16 +259,10 @@ def run_experiment(
         check_sample_rate(args.batch_size / n, batch_size=args.batch_size, num_rows=n)
         steps = num_steps(epochs=args.epochs, num_rows=n, batch_size=args.batch_size)
 
-    model = build_model(data.original.shape[1]).to(device)
+    model = build_model().to(device)
     c_h, c_h_source = resolve_c_h(args, mode, model, data, seed=args.seed)
     cfg = step_config_for(args, mode, privacy=privacy, c_h=c_h)
     w_pub, w_priv = cfg.w_pub, cfg.w_priv
-
-    def evaluate(m: nn.Module) -> dict[str, dict[str, float]]:
-        return {
-            "val": evaluate_binary(m, data.x_val, data.y_val),
-            "test": evaluate_binary(m, data.x_test, data.y_test),
-        }
 
     log, train_seconds = train(
         model,
@@ -238,7 +275,7 @@ def run_experiment(
         public_batch_size=args.public_batch_size,
         seed=args.seed,
         loss_fn=loss_fn,
-        evaluate=evaluate,
+        evaluate=data.evaluate,
         progress=not args.no_progress,
         # A seed nobody records makes the noise unpredictable even to whoever knows the seed.
         noise_seed=secrets.randbits(62) if args.secure_noise else None,
@@ -292,7 +329,7 @@ def run_experiment(
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(len(log), 1),
         "num_train_rows": n,
-        "num_features": data.original.shape[1],
+        "num_features": data.num_features,
         "epochs_log": log,
         "device": str(device),
         "torch_version": torch.__version__,
@@ -345,7 +382,7 @@ def run_imputed_tabular(
         args,
         dataset=dataset,
         data=data,
-        build_model=build_model,
+        build_model=lambda: build_model(data.num_features),
         loss_fn=binary_bce,
         extra_record={
             "data_dir": str(args.data_dir),
