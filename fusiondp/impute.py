@@ -100,12 +100,59 @@ def tabpfn_weights_problem(model_paths: dict[str, str | None], *, needed: Sequen
     return None
 
 
+class BinBlendRegressor:
+    """A regressor blended with a classifier over quantile bins of the target (the sepsis release's
+    imputer for Age, HospAdmTime and ICULOS).
+
+    ``fit`` cuts the (public, support-set) target at its ``n_bins`` quantiles, fits ``classifier`` on the
+    bin labels and ``regressor`` on the values; each bin's centre is the mean target of its support rows.
+    ``predict`` returns ``weight * regressor + (1 - weight) * sum_k p_k * centre_k`` with p the
+    classifier's predict_proba, so ``weight=1`` is the regressor alone and ``weight=0`` the expected bin
+    centre. Any estimators with scikit-learn's fit/predict/predict_proba work (TabPFN and hgb do).
+    """
+
+    def __init__(self, *, regressor, classifier, weight: float = 0.5, n_bins: int = 10) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"blend weight must be in [0, 1], got {weight}.")
+        if n_bins < 2:
+            raise ValueError(f"need at least 2 quantile bins, got {n_bins}.")
+        self.regressor, self.classifier, self.weight, self.n_bins = regressor, classifier, weight, n_bins
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> BinBlendRegressor:
+        y = np.asarray(y, dtype=float)
+        # Ties (e.g. integer ICULOS) can merge quantiles: keep distinct inner edges only.
+        self.edges_ = np.unique(np.quantile(y, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
+        bins = np.searchsorted(self.edges_, y, side="right")
+        bounds = np.concatenate([[y.min()], self.edges_, [y.max()]])
+        self.centres_ = np.array(
+            [
+                y[bins == k].mean() if (bins == k).any() else bounds[k : k + 2].mean()
+                for k in range(len(bounds) - 1)
+            ]
+        )
+        self.regressor.fit(x, y)
+        if self.weight < 1.0:
+            self.classifier.fit(x, bins)
+        return self
+
+    def expected_centre(self, x: np.ndarray) -> np.ndarray:
+        proba = self.classifier.predict_proba(x)
+        return proba @ self.centres_[np.asarray(self.classifier.classes_, dtype=int)]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        regression = np.asarray(self.regressor.predict(x), dtype=float)
+        if self.weight == 1.0:
+            return regression
+        return self.weight * regression + (1.0 - self.weight) * self.expected_centre(x)
+
+
 class SensitiveImputer:
     """Predicts each sensitive column from the public columns, one model per column.
 
     ``kind='tabpfn'`` uses TabPFNClassifier/Regressor (``model_paths`` maps 'classifier' and
     'regressor' to local checkpoints, tabpfn's ``model_path``; missing keys use tabpfn's own cache);
-    ``kind='hgb'`` uses HistGradientBoosting.
+    ``kind='hgb'`` uses HistGradientBoosting. Numeric ``blend_columns`` use :class:`BinBlendRegressor`
+    (a regressor blended with a classifier over ``n_bins`` quantile bins, weight ``blend_weight``).
     Public categorical columns are ordinal-coded with vocabularies from the support set (unseen → NaN).
     """
 
@@ -122,9 +169,17 @@ class SensitiveImputer:
         batch_size: int = 1024,
         n_estimators: int = 4,
         device: str = "cpu",
+        blend_columns: Sequence[str] = (),
+        blend_weight: float = 0.5,
+        n_bins: int = 10,
     ) -> None:
         if kind not in IMPUTERS:
             raise ValueError(f"unknown imputer {kind!r}; choose one of {IMPUTERS}.")
+        if set(blend_columns) & set(categorical):
+            raise ValueError(
+                f"blend columns {sorted(set(blend_columns) & set(categorical))} are categorical."
+            )
+        self.blend_columns, self.blend_weight, self.n_bins = set(blend_columns), blend_weight, n_bins
         self.kind, self.public, self.sensitive = kind, list(public), list(sensitive)
         self.categorical = set(categorical)
         self.seed, self.model_paths, self.device = seed, dict(model_paths or {}), device
@@ -142,7 +197,16 @@ class SensitiveImputer:
         return np.stack(cols, axis=1).astype(np.float32)
 
     def _model(self, column: str):
-        categorical = column in self.categorical
+        if column in self.blend_columns:
+            return BinBlendRegressor(
+                regressor=self._base(categorical=False),
+                classifier=self._base(categorical=True),
+                weight=self.blend_weight,
+                n_bins=self.n_bins,
+            )
+        return self._base(categorical=column in self.categorical)
+
+    def _base(self, *, categorical: bool):
         if self.kind == "hgb":
             from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
@@ -162,7 +226,7 @@ class SensitiveImputer:
 
         cls = TabPFNClassifier if categorical else TabPFNRegressor
         return cls(
-            model_path=self.model_paths.get(self._task(column)) or "auto",
+            model_path=self.model_paths.get("classifier" if categorical else "regressor") or "auto",
             device=self.device,
             n_estimators=self.n_estimators,
             random_state=self.seed,
@@ -170,13 +234,17 @@ class SensitiveImputer:
             inference_precision=torch.float32,
         )
 
-    def _task(self, column: str) -> str:
-        return "classifier" if column in self.categorical else "regressor"
+    def _tasks(self, column: str) -> set[str]:
+        if column in self.blend_columns:
+            return {"classifier", "regressor"}
+        return {"classifier" if column in self.categorical else "regressor"}
 
     def fit(self, support: pd.DataFrame) -> SensitiveImputer:
         """Fit on the PUBLIC support set (its sensitive values are public by construction)."""
         if self.kind == "tabpfn":
-            problem = tabpfn_weights_problem(self.model_paths, needed={self._task(c) for c in self.sensitive})
+            problem = tabpfn_weights_problem(
+                self.model_paths, needed=sorted(set().union(*(self._tasks(c) for c in self.sensitive)))
+            )
             if problem:
                 raise RuntimeError(problem)
         if len(support) > self.max_support_rows:
@@ -270,7 +338,7 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 def add_imputer_args(
     parser: argparse.ArgumentParser, *, splits: dict[str, int], seed: int, out_dir: str
 ) -> None:
-    """Flags every impute_<dataset>.py shares."""
+    """Flags every impute_<dataset>.py shares (``--split_sizes`` only when ``splits`` is not empty)."""
     parser.add_argument("--out_dir", type=Path, default=Path(out_dir))
     parser.add_argument(
         "--imputer",
@@ -280,15 +348,19 @@ def add_imputer_args(
     )
     parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
     parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
-    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
     parser.add_argument(
-        "--split_sizes",
-        type=int,
-        nargs=len(splits),
-        default=list(splits.values()),
-        metavar=tuple(s.upper() for s in splits),
-        help="rows per split (default: %(default)s)",
+        "--device", default="cpu", help="TabPFN's device, e.g. cuda (default: %(default)s; hgb ignores it)"
     )
+    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
+    if splits:
+        parser.add_argument(
+            "--split_sizes",
+            type=int,
+            nargs=len(splits),
+            default=list(splits.values()),
+            metavar=tuple(s.upper() for s in splits),
+            help="rows per split (default: %(default)s)",
+        )
     parser.add_argument("--no_progress", action="store_true")
 
 
@@ -302,16 +374,44 @@ def impute_dataset(
     categorical: Sequence[str],
     source: str,
 ) -> dict:
-    """Split ``df`` (support/train/val/test), impute the training rows' sensitive columns, write the CSVs.
-
-    Privacy contract: the imputer and the category caps are fitted on the support split only, and the
-    training rows' sensitive values are read only to measure imputation quality (an evaluation).
-    """
+    """Split ``df`` (support/train/val/test, ``args.split_sizes``) and run :func:`impute_splits`."""
     splits = ("support", "train", "val", "test")
     sizes = dict(zip(splits, args.split_sizes, strict=True))
     ids = split_indices(len(df), sizes, seed=args.seed)
     check_disjoint(ids["support"], ids["train"])
     frames = {name: df.iloc[rows].reset_index(drop=True) for name, rows in ids.items()}
+    return impute_splits(
+        frames,
+        args,
+        dataset=dataset,
+        public=public,
+        sensitive=sensitive,
+        categorical=categorical,
+        info={"source": source, "splits": sizes},
+    )
+
+
+def impute_splits(
+    frames: dict[str, pd.DataFrame],
+    args: argparse.Namespace,
+    *,
+    dataset: str,
+    public: Sequence[str],
+    sensitive: Sequence[str],
+    categorical: Sequence[str],
+    info: dict,
+    files: dict[str, str] | None = None,
+    imputer_options: dict | None = None,
+) -> dict:
+    """Impute the training rows' sensitive columns from the support split; write every split and metrics.
+
+    ``frames`` holds disjoint 'support', 'train', 'val' and 'test' tables; ``files`` maps those and
+    'train_imputed' to file names (default: the reference ``<ds>_<split>.csv``); ``imputer_options``
+    go to :class:`SensitiveImputer` (e.g. the bin blend); ``info`` goes into imputation_info.json.
+    Privacy contract: the imputer and the category caps are fitted on the support split only, and the
+    training rows' sensitive values are read only to measure imputation quality (an evaluation).
+    """
+    frames = dict(frames)
     for col in [c for c in sensitive if c in set(categorical)]:
         keep = cap_categories(frames["support"][col], max_categories=TABPFN_MAX_CLASSES)
         for frame in frames.values():
@@ -323,10 +423,12 @@ def impute_dataset(
         categorical=categorical,
         seed=args.seed,
         model_paths={"classifier": args.tabpfn_classifier_path, "regressor": args.tabpfn_regressor_path},
+        device=args.device,
+        **(imputer_options or {}),
     )
     imputed = imputer.fit(frames["support"]).predict(frames["train"], progress=not args.no_progress)
     frames["train_imputed"] = frames["train"].assign(**{c: imputed[c] for c in sensitive})
-    files = output_files(dataset)
+    files = files or output_files(dataset)
     for name, frame in frames.items():
         write_csv(frame, args.out_dir / files[name])
     quality = imputation_quality(frames["train"], imputed, categorical=categorical)
@@ -336,21 +438,20 @@ def impute_dataset(
         "dataset": dataset,
         "imputer": args.imputer,
         "seed": args.seed,
-        "splits": sizes,
+        **info,
         "sensitive_columns": list(sensitive),
-        "source": source,
         "deviation_from_paper": DEVIATION_NOTE if args.imputer == "hgb" else None,
-        "imputer_settings": (
-            {
-                "n_estimators": imputer.n_estimators,
-                "device": imputer.device,
-                "max_support_rows": imputer.max_support_rows,
-            }
-            if args.imputer == "tabpfn"
-            else "HistGradientBoosting: learning_rate 0.05, min_samples_leaf 20, early stopping on 20% of the support set"
-        ),
+        "imputer_settings": {
+            "model": (
+                f"TabPFN, n_estimators {imputer.n_estimators}, device {imputer.device}"
+                if args.imputer == "tabpfn"
+                else "HistGradientBoosting: learning_rate 0.05, min_samples_leaf 20, early stopping on 20% of the support set"
+            ),
+            "max_support_rows": imputer.max_support_rows,
+            **(imputer_options or {}),
+        },
     }
-    (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2, default=list) + "\n")
     print(quality.to_string(index=False))
     if args.imputer == "hgb":
         print(f"NOTE: {DEVIATION_NOTE}.")

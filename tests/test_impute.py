@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from fusiondp.impute import (
+    BinBlendRegressor,
     SensitiveImputer,
     apply_cap,
     cap_categories,
@@ -96,3 +97,67 @@ def test_quality_treats_numeric_category_codes_alike():
     q = imputation_quality(true, imputed, categorical=["unit", "g"]).set_index("column")
     assert q.loc["unit", "accuracy"] == pytest.approx(2 / 3) and q.loc["unit", "n"] == 3
     assert q.loc["g", "accuracy"] == pytest.approx(3 / 4)
+
+
+def test_bin_blend_numbers_on_a_tiny_case():
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.neighbors import KNeighborsClassifier
+
+    y = np.arange(1.0, 9.0)  # quantile bins {1,2} {3,4} {5,6} {7,8}
+    x = y[:, None]
+    blend = BinBlendRegressor(regressor=DummyRegressor(strategy="constant", constant=100.0),
+                              classifier=KNeighborsClassifier(n_neighbors=1), weight=0.0, n_bins=4)  # fmt: skip
+    blend.fit(x, y)
+    np.testing.assert_allclose(blend.edges_, [2.75, 4.5, 6.25])
+    np.testing.assert_allclose(blend.centres_, [1.5, 3.5, 5.5, 7.5])
+    np.testing.assert_allclose(blend.predict(np.array([[3.0], [8.0]])), [3.5, 7.5])  # w=0: the bin centre
+    blend.weight = 0.25
+    np.testing.assert_allclose(blend.predict(np.array([[3.0]])), [0.25 * 100 + 0.75 * 3.5])
+    # Class priors as probabilities: the expectation of the bin centres is the mean target.
+    prior = BinBlendRegressor(regressor=DummyRegressor(), classifier=DummyClassifier(strategy="prior"),
+                              weight=0.0, n_bins=4).fit(x, y)  # fmt: skip
+    np.testing.assert_allclose(prior.predict(x[:2]), [4.5, 4.5])
+    # w=1 is the regressor alone (the classifier is not even fitted).
+    alone = BinBlendRegressor(regressor=DummyRegressor(strategy="constant", constant=7.0),
+                              classifier=DummyClassifier(), weight=1.0).fit(x, y)  # fmt: skip
+    np.testing.assert_allclose(alone.predict(x), np.full(8, 7.0))
+    with pytest.raises(ValueError, match="blend weight must be in"):
+        BinBlendRegressor(regressor=None, classifier=None, weight=1.5)
+
+
+def test_bin_blend_in_the_imputer_with_hgb_and_tied_targets():
+    support, train = _table(600, seed=5), _table(200, seed=6)
+    support["age"], train["age"] = support["age"].round(-1), train["age"].round(-1)  # many ties
+    kw = {**KW, "blend_columns": ["age"], "n_bins": 5}
+    reg = SensitiveImputer(kind="hgb", blend_weight=1.0, **kw).fit(support).predict(train, progress=False)
+    plain = SensitiveImputer(kind="hgb", **KW).fit(support).predict(train, progress=False)
+    np.testing.assert_allclose(reg["age"], plain["age"])  # w=1 equals the plain regressor
+    imp = SensitiveImputer(kind="hgb", blend_weight=0.0, **kw).fit(support)
+    expected = imp.predict(train, progress=False)["age"]
+    model = imp.models_["age"]
+    assert model.centres_.min() <= expected.min() and expected.max() <= model.centres_.max()
+    assert (
+        imputation_quality(train, imp.predict(train, progress=False), categorical=["job"])
+        .set_index("column")
+        .loc["age", "r2"]
+        > 0.5
+    )
+
+
+def test_bin_blend_through_tabpfn_real_api(tiny_tabpfn_checkpoints):
+    paths = {task: str(path) for task, path in tiny_tabpfn_checkpoints.items()}
+    support, train = _table(100, seed=7), _table(30, seed=8)
+    kw = {**KW, "blend_columns": ["age"], "n_bins": 4, "model_paths": paths, "batch_size": 16}
+    imp = SensitiveImputer(kind="tabpfn", blend_weight=0.5, **kw).fit(support)
+    model = imp.models_["age"]
+    assert type(model.classifier).__name__ == "TabPFNClassifier"
+    assert type(model.regressor).__name__ == "TabPFNRegressor"
+    x = imp._encode(train)
+    expected = model.expected_centre(x)
+    regression = model.regressor.predict(x)
+    np.testing.assert_allclose(imp.predict(train, progress=False)["age"], 0.5 * regression + 0.5 * expected,
+                               rtol=1e-5)  # fmt: skip
+    assert model.centres_.min() <= expected.min() and expected.max() <= model.centres_.max()
+    with pytest.raises(RuntimeError, match="does not exist"):  # a blend needs both checkpoints
+        SensitiveImputer(kind="tabpfn", **{**kw, "model_paths": {"regressor": paths["regressor"],
+                                                                 "classifier": "/nope.ckpt"}}).fit(support)  # fmt: skip
