@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from torch import Tensor, nn
 
 
@@ -51,3 +58,50 @@ def evaluate_binary(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         return binary_metrics(y.cpu().numpy(), predict_proba(model, x))
+
+
+def multilabel_metrics(y_true: np.ndarray, prob: np.ndarray, *, threshold: float = 0.5) -> dict[str, float]:
+    """Micro/macro F1, precision, recall (at ``threshold``) and micro/macro AUROC for multi-hot labels.
+
+    Macro AUROC averages over the labels that have both classes in ``y_true`` (undefined for the
+    others, as in caml-mimic); NaN when no label has both.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    prob = np.asarray(prob, dtype=float)
+    if y_true.shape != prob.shape or y_true.ndim != 2:
+        raise ValueError(f"labels {y_true.shape} and predictions {prob.shape} must be equal (rows, labels).")
+    if not np.all(np.isfinite(prob)):
+        raise ValueError("predictions contain NaN or inf: the model diverged (lower --lr?).")
+    pred = (prob >= threshold).astype(int)
+    out = {}
+    for avg in ("micro", "macro"):
+        out[f"{avg}_f1"] = float(f1_score(y_true, pred, average=avg, zero_division=0))
+        out[f"{avg}_precision"] = float(precision_score(y_true, pred, average=avg, zero_division=0))
+        out[f"{avg}_recall"] = float(recall_score(y_true, pred, average=avg, zero_division=0))
+    both = [k for k in range(y_true.shape[1]) if len(np.unique(y_true[:, k])) == 2]
+    flat = y_true.ravel()
+    out["micro_auc"] = float(roc_auc_score(flat, prob.ravel())) if len(np.unique(flat)) == 2 else math.nan
+    out["macro_auc"] = (
+        float(np.mean([roc_auc_score(y_true[:, k], prob[:, k]) for k in both])) if both else math.nan
+    )
+    return out
+
+
+@torch.no_grad()
+def evaluate_multilabel(
+    model: nn.Module,
+    notes: Sequence[Tensor],
+    y: Tensor,
+    *,
+    pad: Callable[[Sequence[Tensor]], Tensor],
+    chunk: int = 128,
+) -> dict[str, float]:
+    """:func:`multilabel_metrics` over every note, in order, in eval mode; ``pad`` batches a chunk."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [torch.sigmoid(model(pad(notes[i : i + chunk]))[0]) for i in range(0, len(notes), chunk)]
+    finally:
+        model.train(was_training)
+    prob = torch.cat(parts).float().cpu().numpy() if parts else np.zeros(tuple(y.shape))
+    return multilabel_metrics(y.cpu().numpy(), prob)

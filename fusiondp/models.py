@@ -71,3 +71,63 @@ def small_tabular_mlp(in_features: int) -> MLP:
 def binary_bce(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-example BCE-with-logits for a single-logit binary head: logits[..., 1], targets[...]."""
     return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(-1), targets, reduction="none")
+
+
+class CAML(nn.Module):
+    """CAML-style multi-label text classifier (Mullenbach et al. 2018), returning ``(logits, h)``.
+
+    Token ids ``(..., L)`` (leading ``(views, batch)`` or ``(batch,)``; id ``pad_id`` is padding) →
+    frozen word embeddings (a buffer: never trained, never in a gradient) → view-shared dropout →
+    Conv1d (kernel ``kernel_size``, "same" padding, ``filters`` channels) → tanh → per-label attention
+    over the non-padding positions → per-label output ``logits[..., K]``. ``h`` is the label-wise
+    attended representation averaged over labels, ``(..., filters)``.
+
+    Padding never changes a note's output: padding embeddings are zero (as is the convolution's own
+    padding) and padded positions get no attention, so a note padded to any length gives the same logits.
+    """
+
+    def __init__(
+        self,
+        embeddings: Tensor,
+        *,
+        num_labels: int,
+        filters: int = 50,
+        kernel_size: int = 10,
+        dropout: float = 0.2,
+        pad_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if embeddings.dim() != 2 or num_labels < 1 or filters < 1:
+            raise ValueError(
+                f"CAML needs a (vocab, dim) embedding matrix, num_labels ≥ 1 and filters ≥ 1; got "
+                f"{tuple(embeddings.shape)}, {num_labels}, {filters}."
+            )
+        table = embeddings.detach().clone().float()
+        table[pad_id] = 0.0
+        self.register_buffer("embedding", table)
+        self.pad_id = pad_id
+        self.dropout = ViewSharedDropout(dropout)
+        self.conv = nn.Conv1d(table.shape[1], filters, kernel_size, padding="same")
+        self.attention = nn.Linear(filters, num_labels, bias=False)
+        self.output = nn.Linear(filters, num_labels)
+        for layer in (self.conv, self.attention, self.output):
+            nn.init.xavier_uniform_(layer.weight)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        lead, length = tokens.shape[:-1], tokens.shape[-1]
+        mask = tokens != self.pad_id
+        x = nn.functional.embedding(tokens, self.embedding)  # (..., L, E)
+        # Flatten (L, E) so the dropout mask is drawn per (batch, position, dim) and shared by views.
+        x = self.dropout(x.flatten(-2)).view(*lead, length, -1)
+        hidden = torch.tanh(self.conv(x.reshape(-1, length, x.shape[-1]).transpose(1, 2)))
+        hidden = hidden.transpose(1, 2).reshape(*lead, length, -1)  # (..., L, F)
+        scores = self.attention(hidden).masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min)
+        weights = torch.softmax(scores, dim=-2)  # (..., L, K): over positions, per label
+        per_label = weights.transpose(-1, -2) @ hidden  # (..., K, F)
+        logits = (per_label * self.output.weight).sum(-1) + self.output.bias
+        return logits, per_label.mean(dim=-2)
+
+
+def multilabel_bce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-example BCE-with-logits, MEAN over the K labels: logits[..., K], targets[..., K] → loss[...]."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)
