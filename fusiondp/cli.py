@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fusiondp.modes import MODES
-from fusiondp.privacy import ACCOUNTANTS
+from fusiondp.privacy import ACCOUNTANTS, NEIGHBOURING_FLAGS
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
@@ -64,7 +64,18 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
         "--accountant",
         default="rdp",
         choices=ACCOUNTANTS,
-        help="Opacus accountant used to calibrate sigma and report epsilon (default: rdp)",
+        help="accountant that calibrates sigma and reports epsilon: Opacus rdp or prv (add/remove = "
+        "zero-out only), or dp-accounting pld (also replace-one) (default: rdp)",
+    )
+    p.add_argument(
+        "--neighbouring",
+        default=None,
+        choices=list(NEIGHBOURING_FLAGS),
+        help="relation sigma is calibrated for in the split modes (feature-dp, calibrated_fusion, "
+        "fusiondp): zero_out (one row's sensitive values replaced by its imputed ones, sensitivity C; "
+        "the default) or replace_one (arbitrary new values, sensitivity 2C; needs --accountant pld). "
+        "dpsgd and naive_fusion* keep their own relation and record the flag as ignored. Every "
+        "record states epsilon under both relations.",
     )
     p.add_argument(
         "--c_h",

@@ -1,25 +1,43 @@
-"""Noise calibration and privacy accounting, delegated to Opacus and dp-accounting.
+"""Noise calibration and privacy accounting per neighbouring relation (DESIGN.md §1).
 
-A mode's guarantee is stated under one neighbouring relation (DESIGN.md §1):
+Every DP mode releases T Poisson-subsampled Gaussian sums of per-example gradients clipped to norm C,
+with noise N(0, σ²C²). What one row can change in that sum depends on the relation:
 
-* ``zero-out`` (feature-dp, calibrated_fusion, fusiondp): one row's sensitive values are replaced by
-  its public-view values (imputed, or the N(0,1) draws for feature-dp). That row's private term is
-  then exactly zero, so the sum changes by at most C: the Poisson-subsampled Gaussian has the same
-  (ε, δ) as add/remove DP-SGD, computed by Opacus's RDP (default) or PRV accountant.
-* ``add/remove`` (dpsgd): standard sample-level DP-SGD, same accountant.
-* ``replace-one`` (naive_fusion, naive_fusion_pub): their noise-free public term reads the row's
-  hybrid (or noise) view, so no sample-level guarantee holds, and changing a row's sensitive values
-  moves its private term from one clipped vector to another: sensitivity 2C. σ is calibrated with
-  dp-accounting's PLD accountant under ``REPLACE_ONE``.
+* ``zero-out`` (the split modes' default): one row's sensitive values are replaced by its public-view
+  values (imputed, or the N(0,1) draws for feature-dp). The split modes' private term of that row is
+  then exactly zero, so the row's contribution goes from one clipped vector to 0: sensitivity C, the
+  same privacy-loss distribution as add/remove DP-SGD (dp-accounting calls the relation
+  ``REPLACE_SPECIAL`` and computes it exactly as ``ADD_OR_REMOVE_ONE``).
+* ``add/remove`` (dpsgd): standard sample-level DP-SGD of whole rows, sensitivity C.
+* ``replace-one``: one row's sensitive values are replaced by arbitrary ones; its clipped vector moves
+  to another clipped vector, distance up to 2C (dp-accounting's ``REPLACE_ONE``, whose subsampled
+  Gaussian is q·N(−C) + (1−q)·N(0) against q·N(+C) + (1−q)·N(0)).
 
-Every DP run also reports ``epsilon_replace_one``: the ε of the same noise when a row's sensitive
-values may be replaced by arbitrary ones.
+Which accountant analyses which relation for Poisson-subsampled Gaussians (checked in the installed
+libraries, Opacus 1.6 and dp-accounting 0.6):
+
+=========  ======================================  ==============================================
+accountant  library                                relations
+=========  ======================================  ==============================================
+``rdp``     Opacus RDPAccountant                   add/remove only (hence zero-out)
+``prv``     Opacus PRVAccountant (Gopi et al.)     add/remove only (hence zero-out)
+``pld``     dp-accounting PLDAccountant            ADD_OR_REMOVE_ONE, REPLACE_SPECIAL, REPLACE_ONE
+=========  ======================================  ==============================================
+
+Asking ``rdp`` or ``prv`` for replace-one is refused (:func:`check_supported`): Opacus has no
+replace-one analysis, and group privacy over two add/remove steps would be a loose stand-in.
+
+Feature-level ε under BOTH relations is reported for every DP run (:func:`feature_epsilons`). For the
+modes whose private term is the full loss on the original row (dpsgd, naive_fusion*), a zero-out
+change does not zero the row's term, it swaps one clipped gradient for another: their zero-out ε is
+their replace-one ε.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from dp_accounting import dp_event, pld
@@ -27,14 +45,27 @@ from dp_accounting.privacy_accountant import NeighboringRelation
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
-ACCOUNTANTS = ("rdp", "prv")
+ACCOUNTANTS = ("rdp", "prv", "pld")
 ZERO_OUT, ADD_REMOVE, REPLACE_ONE = "zero-out", "add/remove", "replace-one"
 RELATIONS = (ZERO_OUT, ADD_REMOVE, REPLACE_ONE)
-PLD_ACCOUNTANT = "pld (dp-accounting, REPLACE_ONE)"
+NEIGHBOURING_FLAGS = {"zero_out": ZERO_OUT, "replace_one": REPLACE_ONE}
+"""``--neighbouring`` values and the relation each names."""
+SUPPORTED = {"rdp": (ZERO_OUT, ADD_REMOVE), "prv": (ZERO_OUT, ADD_REMOVE), "pld": RELATIONS}
+"""Relations each accountant analyses for Poisson-subsampled Gaussians (see the module docstring)."""
+EPSILON_TOLERANCE = 0.01
+"""Calibration stops once the σ found spends ε within this of the target (Opacus's default)."""
+PLD_DISCRETISATION = 1e-3
+"""dp-accounting's value discretisation; its estimates are pessimistic (upper bounds) at any value."""
 
 # Opacus's default RDP orders stop at 63, which is too low for small q and ε (it warns "optimal order
 # is the largest alpha"); more orders only tighten the bound, never loosen it.
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 256))
+
+_PLD_RELATIONS = {
+    ZERO_OUT: NeighboringRelation.REPLACE_SPECIAL,
+    ADD_REMOVE: NeighboringRelation.ADD_OR_REMOVE_ONE,
+    REPLACE_ONE: NeighboringRelation.REPLACE_ONE,
+}
 
 
 def _accountant_kwargs(accountant: str) -> dict:
@@ -43,7 +74,12 @@ def _accountant_kwargs(accountant: str) -> dict:
 
 @dataclass(frozen=True)
 class PrivacySpec:
-    """Everything needed to state and re-check a run's guarantee."""
+    """Everything needed to state and re-check a run's guarantee.
+
+    ``accountant``/``epsilon_spent`` belong to the relation σ was calibrated for
+    (``neighbouring_relation``); ``epsilon_zero_out`` and ``epsilon_replace_one`` are the feature-level
+    ε of the same σ under each relation, with the accountant that computed each.
+    """
 
     target_epsilon: float
     delta: float
@@ -53,7 +89,12 @@ class PrivacySpec:
     accountant: str
     epsilon_spent: float
     neighbouring_relation: str
+    epsilon_zero_out: float
+    accountant_zero_out: str
     epsilon_replace_one: float
+    accountant_replace_one: str
+    notes: tuple[str, ...] = ()
+    """How the flags were resolved, where that is not what they say (see :func:`calibration_plan`)."""
 
     def as_record(self) -> dict:
         return asdict(self)
@@ -89,19 +130,128 @@ def num_steps(*, epochs: float, num_rows: int, batch_size: int) -> int:
     return steps
 
 
-def _check_accountant(accountant: str) -> None:
+def relation_from_flag(value: str) -> str:
+    """The relation a ``--neighbouring`` value names (``zero_out`` → ``zero-out``)."""
+    if value in NEIGHBOURING_FLAGS.values():
+        return value
+    try:
+        return NEIGHBOURING_FLAGS[value]
+    except KeyError:
+        raise ValueError(
+            f"unknown --neighbouring {value!r}; choose one of {', '.join(NEIGHBOURING_FLAGS)}."
+        ) from None
+
+
+def _flag(relation: str) -> str:
+    return {v: k for k, v in NEIGHBOURING_FLAGS.items()}.get(relation, relation)
+
+
+def check_supported(accountant: str, relation: str) -> None:
+    """Refuse an accountant that does not analyse ``relation`` for Poisson-subsampled Gaussians."""
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r}; choose one of {ACCOUNTANTS}.")
+    if relation not in RELATIONS:
+        raise ValueError(f"unknown neighbouring relation {relation!r}; choose one of {RELATIONS}.")
+    if relation not in SUPPORTED[accountant]:
+        raise ValueError(
+            f"--neighbouring {_flag(relation)} with --accountant {accountant}: Opacus's {accountant} "
+            "accountant analyses Poisson-subsampled Gaussians under add/remove (= zero-out) only, "
+            f"not {relation}. Use --accountant pld (dp-accounting, REPLACE_ONE) for replace-one, "
+            "or --neighbouring zero_out."
+        )
 
 
-def calibrate_noise(
-    *, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+def _pld_epsilon(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, relation: str
 ) -> float:
-    """The smallest noise multiplier σ (to 0.01 in ε) whose T-step ε at δ is at most ``epsilon``."""
+    acct = pld.PLDAccountant(
+        neighboring_relation=_PLD_RELATIONS[relation], value_discretization_interval=PLD_DISCRETISATION
+    )
+    acct.compose(
+        dp_event.SelfComposedDpEvent(
+            dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)), steps
+        )
+    )
+    return float(acct.get_epsilon(delta))
+
+
+def epsilon_for(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str,
+    relation: str,
+) -> float:
+    """ε at δ of ``steps`` Poisson-subsampled Gaussian steps under ``relation`` (an upper bound)."""
+    check_supported(accountant, relation)
+    if accountant == "pld":
+        return _pld_epsilon(noise_multiplier, sample_rate, steps, delta, relation)
+    acct = create_accountant(mechanism=accountant)
+    acct.history = [(noise_multiplier, sample_rate, steps)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        return float(acct.get_epsilon(delta=delta, **_accountant_kwargs(accountant)))
+
+
+def epsilon_spent(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+) -> float:
+    """ε under zero-out (= add/remove) of ``steps`` Poisson-subsampled Gaussian steps."""
+    return epsilon_for(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=delta,
+        accountant=accountant,
+        relation=ZERO_OUT,
+    )
+
+
+def replace_one_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε when one row's clipped vector may change to any other clipped vector (PLD, REPLACE_ONE)."""
+    return _pld_epsilon(noise_multiplier, sample_rate, steps, delta, REPLACE_ONE)
+
+
+def _bisect_sigma(eps: Callable[[float], float], *, epsilon: float, delta: float) -> float:
+    """The σ of a bisection that keeps ε(σ_high) ≤ ``epsilon`` and stops within the tolerance.
+
+    Very small σ are never probed (their privacy-loss distributions are huge and slow to compose).
+    """
+    low, high = 0.0, 0.5
+    eps_high = eps(high)
+    while eps_high > epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ValueError(f"no σ below 1e6 reaches ε={epsilon} at δ={delta}: the budget is too small.")
+        eps_high = eps(high)
+    while epsilon - eps_high > EPSILON_TOLERANCE:
+        mid = (low + high) / 2
+        eps_mid = eps(mid)
+        if eps_mid <= epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+    return high
+
+
+def calibrate_sigma(
+    *, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, relation: str
+) -> float:
+    """The smallest σ (to 0.01 in ε) whose T-step ε at δ under ``relation`` is at most ``epsilon``.
+
+    rdp/prv go through Opacus's ``get_noise_multiplier``; pld bisects over dp-accounting's ε.
+    Both keep the upper end of the bracket, so the σ returned never overshoots the target.
+    """
     check_budget(epsilon=epsilon, delta=delta)
-    _check_accountant(accountant)
+    check_supported(accountant, relation)
     if not (0.0 < sample_rate <= 1.0):
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
+    if accountant == "pld":
+        return _bisect_sigma(
+            lambda s: _pld_epsilon(s, sample_rate, steps, delta, relation), epsilon=epsilon, delta=delta
+        )
     with warnings.catch_warnings():
         # The bisection probes very large σ, where the best RDP order is the largest: not a concern.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
@@ -111,66 +261,89 @@ def calibrate_noise(
             sample_rate=sample_rate,
             steps=steps,
             accountant=accountant,
+            epsilon_tolerance=EPSILON_TOLERANCE,
             **_accountant_kwargs(accountant),
         )
     return float(sigma)
 
 
-def epsilon_spent(
-    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+def calibrate_noise(
+    *, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """ε actually spent by ``steps`` Poisson-subsampled Gaussian steps, as the accountant reports it."""
-    _check_accountant(accountant)
-    acct = create_accountant(mechanism=accountant)
-    acct.history = [(noise_multiplier, sample_rate, steps)]
-    return float(acct.get_epsilon(delta=delta, **_accountant_kwargs(accountant)))
-
-
-def _replace_one_accountant() -> pld.PLDAccountant:
-    return pld.PLDAccountant(
-        neighboring_relation=NeighboringRelation.REPLACE_ONE, value_discretization_interval=1e-3
+    """σ calibrated under zero-out (= add/remove); see :func:`calibrate_sigma`."""
+    return calibrate_sigma(
+        epsilon=epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+        relation=ZERO_OUT,
     )
 
 
-def _subsampled_gaussian(noise_multiplier: float, sample_rate: float, steps: int) -> dp_event.DpEvent:
-    return dp_event.SelfComposedDpEvent(
-        dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)), steps
-    )
+def feature_epsilons(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str,
+    zero_out_term_vanishes: bool,
+) -> dict:
+    """Feature-level ε of one σ under both relations, and the accountant of each.
 
-
-def replace_one_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """ε when one row's contribution may change from one clipped vector to another (PLD accountant)."""
-    acct = _replace_one_accountant()
-    acct.compose(_subsampled_gaussian(noise_multiplier, sample_rate, steps))
-    return float(acct.get_epsilon(delta))
-
-
-def calibrate_noise_replace_one(*, epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The smallest σ (to 0.01 in ε, like Opacus) whose replace-one ε at δ is at most ``epsilon``.
-
-    Bisection over σ; each ε comes from dp-accounting's PLD accountant. Very small σ are never
-    probed (their privacy-loss distributions are huge and slow to compose).
+    ``zero_out_term_vanishes``: True for the split modes, whose private term of a zero-out neighbour
+    is exactly 0 (sensitivity C, analysed by ``accountant``); False for modes whose private term is
+    the full loss (dpsgd, naive_fusion*): a zero-out change then swaps one clipped gradient for
+    another, which is the replace-one case. Replace-one is always dp-accounting's PLD.
     """
-    check_budget(epsilon=epsilon, delta=delta)
+    common = {
+        "noise_multiplier": noise_multiplier,
+        "sample_rate": sample_rate,
+        "steps": steps,
+        "delta": delta,
+    }
+    replace = epsilon_for(accountant="pld", relation=REPLACE_ONE, **common)
+    if zero_out_term_vanishes:
+        zero = epsilon_for(accountant=accountant, relation=ZERO_OUT, **common)
+        zero_acct = accountant
+    else:
+        zero, zero_acct = replace, "pld (the zero-out change swaps one clipped gradient for another)"
+    return {
+        "epsilon_zero_out": zero,
+        "accountant_zero_out": zero_acct,
+        "epsilon_replace_one": replace,
+        "accountant_replace_one": "pld",
+    }
 
-    def eps(sigma: float) -> float:
-        return replace_one_epsilon(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=delta)
 
-    low, high = 0.0, 0.5
-    eps_high = eps(high)
-    while eps_high > epsilon:
-        low, high = high, 2 * high
-        if high > 1e6:
-            raise ValueError(f"no σ below 1e6 reaches ε={epsilon} at δ={delta}: the budget is too small.")
-        eps_high = eps(high)
-    while epsilon - eps_high > 0.01:
-        mid = (low + high) / 2
-        eps_mid = eps(mid)
-        if eps_mid <= epsilon:
-            high, eps_high = mid, eps_mid
-        else:
-            low = mid
-    return high
+def calibration_plan(
+    *, mode_name: str, mode_relation: str, neighbouring: str | None, accountant: str
+) -> tuple[str, str, list[str]]:
+    """(relation σ is calibrated for, accountant, notes for the record) of a DP mode.
+
+    Only the split modes (relation zero-out) let ``--neighbouring`` choose; ``None`` means zero-out.
+    The other modes keep their own relation, and an ``--neighbouring`` value they cannot honour is
+    ignored with a note rather than refused, so that one sweep can pass the flag to every mode: their
+    record states ε under both relations anyway. naive_fusion* calibrate for replace-one, which only
+    the PLD accountant analyses, so they use it whatever ``--accountant`` says (also noted).
+    """
+    notes: list[str] = []
+    if mode_relation == ZERO_OUT:
+        relation = relation_from_flag(neighbouring) if neighbouring else ZERO_OUT
+        check_supported(accountant, relation)
+        return relation, accountant, notes
+    if neighbouring and relation_from_flag(neighbouring) != mode_relation:
+        notes.append(
+            f"--neighbouring {neighbouring} ignored: {mode_name} is calibrated for {mode_relation} "
+            "(its private term is the full loss, so a change of one row's sensitive values moves it by "
+            "up to 2C under either relation; both feature-level epsilons are recorded)"
+        )
+    if mode_relation == REPLACE_ONE and accountant != "pld":
+        notes.append(f"--accountant {accountant} replaced by pld: only pld analyses replace-one")
+        accountant = "pld"
+    check_supported(accountant, mode_relation)
+    return mode_relation, accountant, notes
 
 
 def make_privacy_spec(
@@ -182,26 +355,19 @@ def make_privacy_spec(
     epochs: float,
     accountant: str,
     relation: str = ZERO_OUT,
+    zero_out_term_vanishes: bool = True,
 ) -> PrivacySpec:
     """Calibrate σ for (ε, δ) under ``relation`` given q = b/N and T = round(epochs·N/b).
 
-    ``accountant`` (rdp or prv) serves the zero-out and add/remove relations; replace-one always uses
-    dp-accounting's PLD accountant, which is recorded in the spec.
+    Unsupported (accountant, relation) pairs are refused by :func:`check_supported`.
     """
     check_budget(epsilon=epsilon, delta=delta)
-    if relation not in RELATIONS:
-        raise ValueError(f"unknown neighbouring relation {relation!r}; choose one of {RELATIONS}.")
+    check_supported(accountant, relation)
     sample_rate = batch_size / num_rows
     check_sample_rate(sample_rate, batch_size=batch_size, num_rows=num_rows)
     steps = num_steps(epochs=epochs, num_rows=num_rows, batch_size=batch_size)
     common = {"delta": delta, "sample_rate": sample_rate, "steps": steps}
-    if relation == REPLACE_ONE:
-        sigma = calibrate_noise_replace_one(epsilon=epsilon, **common)
-        spent = replace_one_epsilon(noise_multiplier=sigma, **common)
-        accountant = PLD_ACCOUNTANT
-    else:
-        sigma = calibrate_noise(epsilon=epsilon, accountant=accountant, **common)
-        spent = epsilon_spent(noise_multiplier=sigma, accountant=accountant, **common)
+    sigma = calibrate_sigma(epsilon=epsilon, accountant=accountant, relation=relation, **common)
     return PrivacySpec(
         target_epsilon=epsilon,
         delta=delta,
@@ -209,7 +375,12 @@ def make_privacy_spec(
         steps=steps,
         noise_multiplier=sigma,
         accountant=accountant,
-        epsilon_spent=spent,
+        epsilon_spent=epsilon_for(noise_multiplier=sigma, accountant=accountant, relation=relation, **common),
         neighbouring_relation=relation,
-        epsilon_replace_one=replace_one_epsilon(noise_multiplier=sigma, **common),
+        **feature_epsilons(
+            noise_multiplier=sigma,
+            accountant=accountant,
+            zero_out_term_vanishes=zero_out_term_vanishes,
+            **common,
+        ),
     )

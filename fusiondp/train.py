@@ -12,6 +12,7 @@ The loop reads its data through the small :class:`TrainingData` protocol, so tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import secrets
@@ -28,7 +29,13 @@ from fusiondp.cli import check_training_args, resolve_device, seed_everything
 from fusiondp.data import load_imputed_splits, prepare_tabular
 from fusiondp.models import binary_bce
 from fusiondp.modes import ModeSpec, get_mode
-from fusiondp.privacy import PrivacySpec, check_sample_rate, make_privacy_spec, num_steps
+from fusiondp.privacy import (
+    PrivacySpec,
+    calibration_plan,
+    check_sample_rate,
+    make_privacy_spec,
+    num_steps,
+)
 from fusiondp.results import append_record, command_line, find_run, git_commit, run_settings
 from fusiondp.step import LossFn, StepConfig, fusion_step
 
@@ -192,18 +199,27 @@ def resolve_c_h(
 
 
 def privacy_spec_for(args: argparse.Namespace, mode: ModeSpec, *, num_rows: int) -> PrivacySpec | None:
-    """σ calibrated for the mode's neighbouring relation, or None for the non-private modes."""
+    """σ calibrated for the mode's neighbouring relation (``--neighbouring`` for the split modes), or
+    None for the non-private modes. See :func:`fusiondp.privacy.calibration_plan`."""
     if not mode.private:
         return None
-    return make_privacy_spec(
+    relation, accountant, notes = calibration_plan(
+        mode_name=mode.name,
+        mode_relation=mode.relation,
+        neighbouring=getattr(args, "neighbouring", None),
+        accountant=args.accountant,
+    )
+    spec = make_privacy_spec(
         epsilon=args.epsilon,
         delta=args.delta,
         batch_size=args.batch_size,
         num_rows=num_rows,
         epochs=args.epochs,
-        accountant=args.accountant,
-        relation=mode.relation,
+        accountant=accountant,
+        relation=relation,
+        zero_out_term_vanishes=mode.private_loss == "difference",
     )
+    return dataclasses.replace(spec, notes=tuple(notes))
 
 
 def step_config_for(
@@ -313,7 +329,17 @@ def run_experiment(
         "accountant": privacy.accountant if privacy else None,
         "epsilon_spent": privacy.epsilon_spent if privacy else (None if mode.name == "sgd_ori" else 0.0),
         "neighbouring_relation": privacy.neighbouring_relation if privacy else None,
-        "epsilon_replace_one": privacy.epsilon_replace_one if privacy else None,
+        # Feature-level epsilon of this sigma under both relations, whatever it was calibrated for.
+        **{
+            k: (getattr(privacy, k) if privacy else None)
+            for k in (
+                "epsilon_zero_out",
+                "accountant_zero_out",
+                "epsilon_replace_one",
+                "accountant_replace_one",
+            )
+        },
+        "privacy_notes": list(privacy.notes) if privacy else [],
         "noise_source": None
         if not privacy
         else (
