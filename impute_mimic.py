@@ -6,7 +6,8 @@ r"""Hybrid clinical notes: detect sensitive spans, let a language model rewrite 
 
 Stand-in (``--dataset medical_abstracts``): ``$FUSIONDP_DATA/medical_abstracts/medical_tc_test.csv``
 (2,888 abstracts, ``condition_label`` 1-5), split with ``--seed`` (66) into support/train/val/test =
-10%/70%/10%/10% of the rows (289/2,022/289/288), disjoint; LABELS is the class number ("3").
+10%/70%/10%/10% of the rows (288/2,024/288/288: each split rounded down, the rest to
+train), disjoint; LABELS is the class number ("3").
 MIMIC-III (``--dataset mimic``): the caml-mimic files (columns TEXT and LABELS, ``;``-separated
 ICD-9 codes; other columns ignored; row_id is HADM_ID when present). train → train, dev → val,
 test → test. MIMIC has no public support set: ``mimic_support.csv`` is written with no rows, unless

