@@ -107,7 +107,10 @@ class CAML(nn.Module):
         self.register_buffer("embedding", table)
         self.pad_id = pad_id
         self.dropout = ViewSharedDropout(dropout)
-        self.conv = nn.Conv1d(table.shape[1], filters, kernel_size, padding="same")
+        # "Same" padding done by hand (left (k-1)//2, right the rest): position j of the output is the
+        # window around token j, and torch's padding="same" would copy the input for even kernels.
+        self.pads = ((kernel_size - 1) // 2, kernel_size // 2)
+        self.conv = nn.Conv1d(table.shape[1], filters, kernel_size)
         self.attention = nn.Linear(filters, num_labels, bias=False)
         self.output = nn.Linear(filters, num_labels)
         for layer in (self.conv, self.attention, self.output):
@@ -119,7 +122,8 @@ class CAML(nn.Module):
         x = nn.functional.embedding(tokens, self.embedding)  # (..., L, E)
         # Flatten (L, E) so the dropout mask is drawn per (batch, position, dim) and shared by views.
         x = self.dropout(x.flatten(-2)).view(*lead, length, -1)
-        hidden = torch.tanh(self.conv(x.reshape(-1, length, x.shape[-1]).transpose(1, 2)))
+        x = nn.functional.pad(x.reshape(-1, length, x.shape[-1]).transpose(1, 2), self.pads)
+        hidden = torch.tanh(self.conv(x))
         hidden = hidden.transpose(1, 2).reshape(*lead, length, -1)  # (..., L, F)
         scores = self.attention(hidden).masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min)
         weights = torch.softmax(scores, dim=-2)  # (..., L, K): over positions, per label

@@ -176,7 +176,7 @@ def embedding_matrix(
             min_count=1,
             workers=1,
             seed=seed,
-            epochs=5,
+            epochs=20,
             hashfxn=_stable_hash,
         )
         lookup, info = w2v.wv, {"embeddings": "word2vec trained on hybrid notes", "dim": dim, "seed": seed}

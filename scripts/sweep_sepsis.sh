@@ -7,7 +7,8 @@
 #   MODES="dpsgd fusiondp" EPSILONS="1 2" SEEDS="1 2 3" JOBS=2 scripts/sweep_sepsis.sh results/sepsis.jsonl --epochs 5
 #
 # Lists (space-separated) come from the environment; defaults: all nine modes, EPSILONS="0.5 1 2 4",
-# the reference ALPHAS=3.0 and BETAS=0.5, SEEDS="1 2 3", JOBS=1. SCRIPT picks another train script.
+# the reference ALPHAS=3.0 and BETAS=0.5, SEEDS="1 2 3", JOBS=1. SCRIPT picks another train script,
+# TABLE_METRICS the metrics of the final table (default: make_tables.py's).
 set -euo pipefail
 results=${1:?usage: $0 RESULTS.jsonl [extra flags for the train script]}
 shift
@@ -35,4 +36,4 @@ done; done; done; done
 
 echo "$(wc -l < "$todo") run(s), $JOBS at a time (finished ones are skipped), results in $results" >&2
 xargs -P "$JOBS" -I{} -d '\n' sh -c '{} || echo "FAILED: {}" >&2' < "$todo"
-python scripts/make_tables.py "$results" --group mode epsilon
+python scripts/make_tables.py "$results" --group mode epsilon ${TABLE_METRICS:+--metrics $TABLE_METRICS}
