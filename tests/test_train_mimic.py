@@ -1,0 +1,105 @@
+"""train_fusiondp_mimic.py end to end on tiny notes: every text mode, refusals, the record, privacy."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+from test_text_data import make_note_frames, write_notes_dir
+
+import train_fusiondp_mimic as mimic
+
+
+def _args(data_dir, *extra: str):
+    return mimic.get_args_parser().parse_args(
+        [
+            "--dataset",
+            "medical_abstracts",
+            "--data_dir",
+            str(data_dir),
+            "--epochs",
+            "0.2",
+            "--batch_size",
+            "4",
+            "--public_batch_size",
+            "8",
+            "--embedding_dim",
+            "8",
+            "--filters",
+            "4",
+            "--max_len",
+            "20",
+            "--no_progress",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def calibrate_once():
+    """σ calibration is the slow part of a tiny run (seconds each); the real one runs once per setting."""
+    import fusiondp.train
+
+    real = fusiondp.train.make_privacy_spec
+    fusiondp.train.make_privacy_spec = functools.cache(real)
+    yield
+    fusiondp.train.make_privacy_spec = real
+
+
+@pytest.fixture(scope="module")
+def notes_dir(tmp_path_factory):
+    folder = write_notes_dir(tmp_path_factory.mktemp("notes"), make_note_frames())
+    (folder / "imputation_info.json").write_text(json.dumps({"lm": "tiny", "detector": "rules", "x": 1}))
+    return folder
+
+
+@pytest.mark.parametrize("mode", mimic.TEXT_MODES)
+def test_every_text_mode_runs(notes_dir, tmp_path, mode):
+    results = tmp_path / "r.jsonl"
+    record = mimic.main(_args(notes_dir, "--mode", mode, "--results_json", str(results)))
+    assert record["mode"] == mode and record["steps"] == 2  # round(0.2 * 40 / 4)
+    assert record["delta"] == pytest.approx(1 / 40)  # δ = 1/N by default
+    for split in ("val", "test"):
+        for metric in ("micro_f1", "macro_f1", "micro_precision", "macro_recall", "micro_auc", "macro_auc"):
+            assert 0.0 <= record[f"{split}_{metric}"] <= 1.0
+    assert record["imputation"] == {"lm": "tiny", "detector": "rules"}
+    assert record["text"]["embeddings"] == "word2vec trained on hybrid notes"
+    assert record["vocabulary_source"] == "hybrid training notes only"
+    assert (record["sigma"] is not None) == (mode not in ("sgd_ori", "sgd_hybrid"))
+    if mode == "fusiondp":
+        assert record["c_h_source"].endswith("(public)") and record["c_h"] > 0
+    assert json.loads(results.read_text().splitlines()[-1])["mode"] == mode
+
+
+@pytest.mark.parametrize("mode", ["sgd_pub", "feature-dp", "naive_fusion_pub"])
+def test_noise_view_modes_are_refused(notes_dir, mode):
+    with pytest.raises(ValueError, match="not available for notes"):
+        mimic.main(_args(notes_dir, "--mode", mode))
+
+
+def test_scrambled_original_notes_leave_public_modes_bit_for_bit(notes_dir, tmp_path):
+    """sgd_hybrid, and fusiondp with α = 0, never read the original notes: scrambling them changes nothing."""
+    frames = make_note_frames()
+    rng = np.random.default_rng(5)
+    frames["train"] = frames["train"].assign(
+        TEXT=[" ".join(rng.permutation([*t.split(), "secret"])) for t in frames["train"].TEXT]
+    )
+    scrambled = write_notes_dir(tmp_path / "scrambled", frames)
+    for extra in (["--mode", "sgd_hybrid"], ["--mode", "fusiondp", "--alpha", "0"]):
+        a = mimic.main(_args(notes_dir, *extra))
+        b = mimic.main(_args(scrambled, *extra))
+        keys = [k for k in a if k.startswith(("val_", "test_"))]
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        assert a["c_h"] == b["c_h"]
+    dp_a = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--alpha", "1"))
+    dp_b = mimic.main(_args(scrambled, "--mode", "fusiondp", "--alpha", "1"))
+    assert dp_a["test_micro_auc"] != dp_b["test_micro_auc"]  # the private term does read them
+
+
+def test_bad_flags_are_refused(notes_dir):
+    with pytest.raises(ValueError, match="--max_len must be >= 1"):
+        mimic.main(_args(notes_dir, "--max_len", "0"))
+    with pytest.raises(FileNotFoundError, match=r"Run impute_mimic\.py first"):
+        mimic.main(_args(notes_dir.parent / "nowhere"))
