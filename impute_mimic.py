@@ -42,6 +42,7 @@ from fusiondp.infill import NEUTRAL_TYPES, NO_LM, SMOLLM2, CausalLMInfiller, inf
 from fusiondp.spans import DETECTORS, HFSpanDetector, detect_spans
 
 COLUMNS = ["row_id", "TEXT", "LABELS"]
+SPAN_COLUMNS = ["row_id", "start", "end", "type", "text", "replacement", "source"]
 FRACTIONS = {"support": 0.1, "train": 0.7, "val": 0.1, "test": 0.1}
 
 
@@ -75,7 +76,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch_size", type=int, default=16, help="prompts per generate() call")
     parser.add_argument("--max_new_tokens", type=int, default=10)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; > 0: seeded sampling")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="> 0: seeded sampling (greedy copies the few-shot answer, e.g. one date for all); 0: greedy",
+    )
     parser.add_argument("--left_chars", type=int, default=300, help="characters of context before a span")
     parser.add_argument("--right_chars", type=int, default=150, help="characters of context after a span")
     parser.add_argument("--cache_dir", type=Path, default=None, help="default: <out_dir>/cache")
@@ -197,23 +203,13 @@ def main(args: argparse.Namespace) -> dict:
     for name in ("support", "train", "train_imputed", "val", "test"):
         write_csv(frames[name][COLUMNS], out_dir / files[name])
     span_rows = [
-        {
-            "row_id": rid,
-            "start": s.start,
-            "end": s.end,
-            "type": s.type,
-            "text": s.text(note),
-            "replacement": rep,
-            "source": src,
-        }
+        (rid, s.start, s.end, s.type, s.text(note), rep, src)
         for rid, note, note_spans, reps, srcs in zip(
             train["row_id"], train["TEXT"], spans, result.replacements, result.sources, strict=True
         )
         for s, rep, src in zip(note_spans, reps, srcs, strict=True)
     ]
-    span_table = pd.DataFrame(
-        span_rows, columns=["row_id", "start", "end", "type", "text", "replacement", "source"]
-    )
+    span_table = pd.DataFrame(span_rows, columns=SPAN_COLUMNS)
     write_csv(span_table, out_dir / "spans.csv")
     counts = (
         span_table.groupby("type").agg(spans=("start", "size"), notes=("row_id", "nunique")).reset_index()
@@ -226,9 +222,9 @@ def main(args: argparse.Namespace) -> dict:
         "source": source,
         "seed": args.seed,
         "splits": {name: len(frames[name]) for name in ("support", "train", "val", "test")},
-        "split_rule": "seeded 10/70/10/10% of the corpus"
-        if ds != "mimic"
-        else "caml files; support from dev",
+        "split_rule": "caml files; support from dev"
+        if ds == "mimic"
+        else "seeded 10/70/10/10% of the corpus",
         "max_rows": args.max_rows,
         "detector": args.detector,
         "detector_model": args.detector_model,
@@ -250,12 +246,8 @@ def main(args: argparse.Namespace) -> dict:
     }
     (out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2, default=int) + "\n")
     print(counts.to_string(index=False))
-    print(
-        json.dumps(
-            {k: info[k] for k in ("lm", "lm_spans_per_second", "fallback_rate_of_lm_spans", "fallbacks")},
-            default=int,
-        )
-    )
+    keys = ("lm", "lm_spans_per_second", "fallback_rate_of_lm_spans", "fallbacks")
+    print(json.dumps({k: info[k] for k in keys}, default=int))
     print(
         f"wrote {out_dir}; spans.csv holds ORIGINAL private span text for review: never share it or train on it."
     )
