@@ -1,0 +1,749 @@
+"""Empirical privacy audit of the sensitive features (issue 5).
+
+Four parts, all driven through the package's own training path (:func:`fusiondp.train.run_experiment`):
+
+* **Canary audit in one training run** (Steinke, Nasr and Jagielski, "Privacy auditing with one (1)
+  training run", NeurIPS 2023, arXiv 2305.08846). m training rows become canaries; each flips a fair
+  coin. "In" canaries get extreme but valid ORIGINAL sensitive values (per column, the 1st or 99th
+  percentile farthest from the row's imputed value; for a categorical column another category);
+  "out" canaries get original values EQUAL to their hybrid values, which is exactly the zero-out
+  neighbour (their private term is exactly 0). One model is trained; each canary is scored
+  white-box on the final model; the k highest scores are guessed "in" (the rest abstain), and the
+  number v of correct guesses gives a lower bound ε_lower that holds with the stated confidence
+  for any (ε, δ)-DP mechanism (:func:`epsilon_lower_bound`).
+* **Attribute inference** (:func:`attribute_inference`): predict each sensitive attribute of a row from
+  its public columns and label plus the model's output, representation and losses at candidate
+  values of the attribute, with a gradient-boosting attack fitted on validation rows (whose truth
+  the attacker knows). Compared with the same attack without the model (what the public columns
+  reveal, the imputer's share) on training rows and on held-out test rows.
+* **Neighbour invariance** (:func:`public_state_check`): everything computed outside the mechanism
+  (the preprocessor's statistics, C_h) must be bit-identical between the planted data and its
+  zero-out neighbour (every canary out). A released quantity that differs is a deterministic
+  function of private values: no finite ε covers it (ε_lower = ∞ at any confidence).
+* **Negative controls** (:func:`negative_control`, TEST-ONLY): deliberately broken variants the
+  audit must flag. They are not product flags and no training script can select them.
+
+Privacy contract: this module is the AUDITOR. It reads original sensitive values on purpose (to plant
+canaries, to score them, to measure attacks). Nothing here is private, and nothing here may feed
+a training path other than through the canary-planted data it hands to ``run_experiment``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.metrics import r2_score
+from torch import Tensor, nn
+
+from fusiondp import step as step_module
+from fusiondp.data import TabularPreprocessor, prepare_tabular
+from fusiondp.models import binary_bce
+from fusiondp.modes import get_mode
+from fusiondp.train import resolve_c_h, run_experiment
+
+STATISTICS = ("loss", "gradient", "trajectory")
+NEGATIVE_CONTROLS = ("no_clipping", "no_noise", "c_h_from_private", "scaler_from_private")
+EXTREME_QUANTILES = (0.0, 1.0)
+"""Canary values of numeric sensitive columns: the observed minimum or maximum (valid, yet extreme)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The one-run lower bound
+# --------------------------------------------------------------------------------------------------
+
+
+def audit_p_value(*, m: int, r: int, v: int, epsilon: float, delta: float) -> float:
+    """Upper bound on P[≥ v correct guesses out of r] for an (ε, δ)-DP mechanism, m canaries.
+
+    Steinke, Nasr and Jagielski (2023), the (ε, δ) form of their main theorem: with
+    f(u) = P[Binomial(r, e^ε / (1 + e^ε)) ≥ u],
+
+        P[W ≥ v] ≤ f(v) + 2 m δ · max_{1 ≤ i ≤ v} (f(v − i) − f(v)) / i.
+    """
+    if not 0 <= v <= r <= m:
+        raise ValueError(f"need 0 <= v <= r <= m, got v={v}, r={r}, m={m}.")
+    if epsilon < 0 or not 0 <= delta <= 1:
+        raise ValueError(f"need epsilon >= 0 and delta in [0, 1], got {epsilon}, {delta}.")
+    p_correct = 1.0 / (1.0 + math.exp(-epsilon))
+    tail = float(stats.binom.sf(v - 1, r, p_correct))
+    if v == 0 or delta == 0:
+        return min(1.0, tail)
+    # f(v − i) − f(v) = P[v − i ≤ B < v]: cumulative pmf going down from v − 1.
+    below = stats.binom.pmf(np.arange(v - 1, -1, -1), r, p_correct).cumsum()
+    slope = float(np.max(below / np.arange(1, v + 1)))
+    return min(1.0, tail + 2 * m * delta * slope)
+
+
+def epsilon_lower_bound(
+    *, m: int, r: int, v: int, delta: float, confidence: float = 0.95, tolerance: float = 1e-4
+) -> float:
+    """The largest ε that v correct guesses out of r reject at ``confidence`` (0 if none).
+
+    A mechanism that is (ε, δ)-DP produces ≥ v correct guesses with probability at most
+    :func:`audit_p_value`, which grows with ε; every ε whose bound is below 1 − confidence is rejected,
+    so the true ε is at least the returned value with probability ≥ ``confidence``. Bisection on ε.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
+    beta = 1.0 - confidence
+
+    def rejected(eps: float) -> bool:
+        return audit_p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) < beta
+
+    if r == 0 or not rejected(0.0):
+        return 0.0
+    low, high = 0.0, 1.0
+    while rejected(high):
+        low, high = high, 2 * high
+        if high > 1e3:
+            return math.inf
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        low, high = (mid, high) if rejected(mid) else (low, mid)
+    return low
+
+
+# --------------------------------------------------------------------------------------------------
+# Canaries
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TabularTask:
+    """A tabular data set as the audit needs it: raw frames, column roles and the model."""
+
+    dataset: str
+    frames: dict[str, pd.DataFrame]
+    """``original`` and ``hybrid`` (row-aligned training rows), ``val``, ``test``, optionally ``support``."""
+    public: list[str]
+    sensitive: list[str]
+    label: str
+    build_model: Callable[[int], nn.Module]
+    categorical: list[str] = field(default_factory=list)
+    one_hot: bool = False
+    extra_record: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CanaryPlan:
+    rows: np.ndarray
+    """Positions of the canaries among the training rows."""
+    is_in: np.ndarray
+    """The fair coins: True for "in" (extreme values), False for "out" (zero-out neighbour)."""
+    extreme: pd.DataFrame
+    """For EVERY canary, the sensitive values it has when "in" (the auditor scores both kinds with them)."""
+
+
+def plan_canaries(task: TabularTask, *, m: int, seed: int) -> CanaryPlan:
+    """m canary rows, fair coins, and the extreme values that maximise each one's private term."""
+    original, hybrid = task.frames["original"], task.frames["hybrid"]
+    n = len(original)
+    if not 2 <= m <= n:
+        raise ValueError(f"--canaries must lie in [2, {n}] (the training rows), got {m}.")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=m, replace=False))
+    is_in = rng.random(m) < 0.5
+    extreme = pd.DataFrame(index=range(m))
+    for col in task.sensitive:
+        imputed = hybrid[col].iloc[rows].reset_index(drop=True)
+        if col in task.categorical:
+            categories = sorted(original[col].dropna().astype(str).unique())
+            picks = []
+            for value in imputed.astype(str):
+                others = [c for c in categories if c != value] or categories
+                picks.append(others[rng.integers(len(others))])
+            extreme[col] = picks
+        else:
+            lo, hi = pd.to_numeric(original[col], errors="coerce").quantile(list(EXTREME_QUANTILES))
+            imputed = pd.to_numeric(imputed, errors="coerce").fillna((lo + hi) / 2)
+            extreme[col] = np.where((imputed - lo).abs() >= (hi - imputed).abs(), lo, hi)
+    return CanaryPlan(rows=rows, is_in=is_in, extreme=extreme)
+
+
+def plant_canaries(task: TabularTask, plan: CanaryPlan, *, all_out: bool = False) -> pd.DataFrame:
+    """The original training rows with the canaries' sensitive values set ("in": extreme values;
+    "out", or every canary when ``all_out``: the row's own hybrid values)."""
+    planted = task.frames["original"].copy()
+    hybrid = task.frames["hybrid"]
+    is_in = np.zeros_like(plan.is_in) if all_out else plan.is_in
+    for col in task.sensitive:
+        values = planted[col].astype(object).to_numpy(copy=True)
+        values[plan.rows[is_in]] = plan.extreme[col].to_numpy()[is_in]
+        values[plan.rows[~is_in]] = hybrid[col].to_numpy()[plan.rows[~is_in]]
+        planted[col] = pd.Series(values, index=planted.index).infer_objects()
+    return planted
+
+
+# --------------------------------------------------------------------------------------------------
+# Negative controls (TEST-ONLY)
+# --------------------------------------------------------------------------------------------------
+
+
+def _unclipped_sum(per_example, *, max_grad_norm):
+    norms = step_module.per_example_norms(per_example)
+    return {name: g.sum(dim=0) for name, g in per_example.items()}, norms
+
+
+@contextmanager
+def negative_control(name: str | None) -> Iterator[None]:
+    """TEST-ONLY: break the mechanism the way ``name`` says, for the duration of the block.
+
+    ``no_clipping`` sums raw per-example gradients; ``no_noise`` adds no noise (the record still
+    claims the calibrated ε). ``c_h_from_private`` and ``scaler_from_private`` act through
+    :func:`audited_run` (the reference's ``--c_h_from_private`` path; a preprocessor fitted on the
+    original rows too), so this block leaves the step alone for them.
+    """
+    if name is None or name in ("c_h_from_private", "scaler_from_private"):
+        yield
+        return
+    if name == "no_clipping":
+        patch = mock.patch.object(step_module, "clip_and_accumulate", _unclipped_sum)
+    elif name == "no_noise":
+        patch = mock.patch.object(step_module, "add_noise", lambda summed, *, std, generator: summed)
+    else:
+        raise ValueError(f"unknown negative control {name!r}; choose one of {NEGATIVE_CONTROLS}.")
+    with patch:
+        yield
+
+
+# --------------------------------------------------------------------------------------------------
+# One audited training run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditedRun:
+    record: dict
+    model: nn.Module
+    prep: TabularPreprocessor
+    planted: pd.DataFrame
+    initial_state: dict[str, Tensor]
+    trajectory_scores: np.ndarray | None = None
+    """Σ_t ⟨θ_t − θ_{t+1}, u_i(θ_t) − ū(θ_t)⟩ per canary (u_i: unit private-term gradient, ū: mean
+    over the canaries), when the iterates were observed."""
+
+
+@contextmanager
+def observe_iterates(x_in: Tensor, x_ref: Tensor, y: Tensor, scores: Tensor) -> Iterator[None]:
+    """White-box access to every iterate: wrap the training loop's call of the real step so that,
+    around each step, the canaries' private-term gradient directions at θ_t are dotted with the
+    update θ_t − θ_{t+1} and summed into ``scores``. The step itself runs unchanged."""
+    import fusiondp.train as train_module
+
+    real_step = train_module.fusion_step
+
+    def observed(model, *, cfg, **kwargs):
+        before = {k: p.detach().clone() for k, p in step_module.trainable_params(model).items()}
+        grads = step_module.per_example_gradients(
+            model, x_in, x_ref, y, loss_fn=binary_bce, reg_weight=cfg.reg_weight, c_h=cfg.c_h
+        )
+        norms = step_module.per_example_norms(grads)[:, None] + 1e-12
+        # Unit directions, centred over the canaries: the component they all share is pushed by
+        # every "in" canary at once and would score "out" canaries as high as "in" ones.
+        units = {k: g.flatten(1) / norms for k, g in grads.items()}
+        units = {k: u - u.mean(0, keepdim=True) for k, u in units.items()}
+        out = real_step(model, cfg=cfg, **kwargs)
+        after = step_module.trainable_params(model)
+        scores.add_(sum((u * (before[k] - after[k].detach()).flatten()).sum(1) for k, u in units.items()))
+        return out
+
+    with mock.patch.object(train_module, "fusion_step", observed):
+        yield
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _prepare(task: TabularTask, planted: pd.DataFrame, *, seed: int, control: str | None):
+    extra = task.frames.get("support")
+    if control == "scaler_from_private":  # broken on purpose: scalers/vocabularies see original values
+        extra = planted if extra is None else pd.concat([extra, planted])
+    return prepare_tabular(
+        planted,
+        task.frames["hybrid"],
+        task.frames["val"],
+        task.frames["test"],
+        sensitive=task.sensitive,
+        public=task.public,
+        label=task.label,
+        categorical=task.categorical,
+        one_hot=task.one_hot,
+        noise_seed=seed,
+        extra_public=extra,
+    )
+
+
+def _control_args(args: argparse.Namespace, control: str | None) -> argparse.Namespace:
+    args = copy.copy(args)
+    args.results_json = None  # the audit writes its own record
+    args.skip_existing = False
+    if control == "c_h_from_private":
+        args.c_h, args.c_h_from_private = None, True
+    return args
+
+
+def audited_run(
+    task: TabularTask,
+    args: argparse.Namespace,
+    plan: CanaryPlan,
+    *,
+    control: str | None = None,
+    trajectory: bool = False,
+) -> AuditedRun:
+    """Plant the canaries and train ONE model through :func:`fusiondp.train.run_experiment`
+    (observing every iterate when ``trajectory``)."""
+    planted = plant_canaries(task, plan)
+    data, prep = _prepare(task, planted, seed=args.seed, control=control)
+    built: dict = {}
+
+    def build_model() -> nn.Module:
+        built["model"] = model = task.build_model(data.num_features)
+        built["initial"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return model
+
+    observe, scores = _nothing(), None
+    if trajectory:
+        hybrid_rows = task.frames["hybrid"].iloc[plan.rows].reset_index(drop=True)
+        y = torch.from_numpy(hybrid_rows[task.label].astype(float).to_numpy(np.float32))
+        scores = torch.zeros(len(plan.rows))
+        x_in, x_ref = _features(prep, _in_version(task, plan), task), _features(prep, hybrid_rows, task)
+        observe = observe_iterates(x_in, x_ref, y, scores)
+    with negative_control(control), observe:
+        record = run_experiment(
+            _control_args(args, control),
+            dataset=task.dataset,
+            data=data,
+            build_model=build_model,
+            loss_fn=binary_bce,
+            extra_record={**task.extra_record, "sensitive_columns": task.sensitive},
+        )
+    return AuditedRun(
+        record, built["model"], prep, planted, built["initial"], None if scores is None else scores.numpy()
+    )
+
+
+def _features(prep: TabularPreprocessor, frame: pd.DataFrame, task: TabularTask) -> Tensor:
+    return torch.from_numpy(prep.transform(frame[[*task.public, *task.sensitive]]))
+
+
+def _in_version(task: TabularTask, plan: CanaryPlan) -> pd.DataFrame:
+    rows = task.frames["hybrid"].iloc[plan.rows].reset_index(drop=True).copy()
+    for col in task.sensitive:
+        rows[col] = plan.extreme[col].to_numpy()
+    return rows
+
+
+def canary_scores(
+    run: AuditedRun, task: TabularTask, plan: CanaryPlan, *, statistic: str = "loss"
+) -> np.ndarray:
+    """White-box score of every canary on the final model; higher means "more likely in".
+
+    ``loss``: how much training lowered the private loss ℓ(f(x_i^in), y_i) − ℓ(f(x̃_i), y_i) of the
+    in-version, from the initial parameters θ_0 (known to a white-box auditor) to θ_T. ``gradient``: ⟨θ_0 − θ_T, ∇L_i(θ_T)⟩ / ‖∇L_i(θ_T)‖,
+    how far training moved the parameters against the canary's private-term gradient.
+    The auditor scores in and out canaries alike, both with the extreme values.
+    """
+    if statistic == "trajectory":
+        if run.trajectory_scores is None:
+            raise ValueError("the trajectory statistic needs a run trained with trajectory=True.")
+        return run.trajectory_scores
+    hybrid_rows = task.frames["hybrid"].iloc[plan.rows].reset_index(drop=True)
+    in_rows = _in_version(task, plan)
+    x_in, x_ref = _features(run.prep, in_rows, task), _features(run.prep, hybrid_rows, task)
+    y = torch.from_numpy(hybrid_rows[task.label].astype(float).to_numpy(np.float32))
+    model = run.model
+    was_training = model.training
+    model.eval()
+    try:
+        if statistic == "loss":
+            initial = copy.deepcopy(model)
+            initial.load_state_dict(run.initial_state)
+            initial.eval()
+            with torch.no_grad():
+                private_loss = [
+                    binary_bce(f(x_in)[0], y) - binary_bce(f(x_ref)[0], y) for f in (initial, model)
+                ]
+            return (private_loss[0] - private_loss[1]).numpy()
+        if statistic == "gradient":
+            grads = step_module.per_example_gradients(
+                model,
+                x_in,
+                x_ref,
+                y,
+                loss_fn=binary_bce,
+                reg_weight=run.record.get("regularizer_weight") or 0.0,
+                c_h=run.record.get("c_h"),
+            )
+            moved = {
+                k: run.initial_state[k] - p.detach() for k, p in step_module.trainable_params(model).items()
+            }
+            dots = sum((g.flatten(1) * moved[k].flatten()).sum(1) for k, g in grads.items())
+            return (dots / (step_module.per_example_norms(grads) + 1e-12)).numpy()
+    finally:
+        model.train(was_training)
+    raise ValueError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}.")
+
+
+def canary_audit(
+    scores: np.ndarray, plan: CanaryPlan, *, k: int, delta: float, confidence: float = 0.95
+) -> dict:
+    """Guess the k highest scores "in", abstain on the rest; ε_lower from the correct guesses."""
+    m = len(plan.rows)
+    if not 1 <= k <= m:
+        raise ValueError(f"k (guesses) must lie in [1, {m}], got {k}.")
+    guessed = np.argsort(-scores, kind="stable")[:k]
+    correct = int(plan.is_in[guessed].sum())
+    return {
+        "canaries": m,
+        "canaries_in": int(plan.is_in.sum()),
+        "guesses": k,
+        "correct": correct,
+        "confidence": confidence,
+        "delta": delta,
+        "epsilon_lower": epsilon_lower_bound(m=m, r=k, v=correct, delta=delta, confidence=confidence),
+        "score_in_mean": float(scores[plan.is_in].mean()),
+        "score_in_std": float(scores[plan.is_in].std()),
+        "score_out_mean": float(scores[~plan.is_in].mean()),
+        "score_out_std": float(scores[~plan.is_in].std()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Neighbour invariance of what is computed outside the mechanism
+# --------------------------------------------------------------------------------------------------
+
+
+def public_state_check(
+    task: TabularTask, args: argparse.Namespace, plan: CanaryPlan, *, control: str | None = None
+) -> dict:
+    """Are the preprocessor and C_h bit-identical on the planted data and its zero-out neighbour?
+
+    Both are released (the preprocessor is part of the model, C_h is in the record) without noise,
+    so any difference between neighbours breaks every finite ε: ``epsilon_lower`` is then ∞.
+    """
+    mode = get_mode(args.mode)
+    states = []
+    for planted in (plant_canaries(task, plan), plant_canaries(task, plan, all_out=True)):
+        data, prep = _prepare(task, planted, seed=args.seed, control=control)
+        torch.manual_seed(args.seed)
+        model = task.build_model(data.num_features)
+        c_h, _ = resolve_c_h(_control_args(args, control), mode, model, data, seed=args.seed)
+        states.append((prep.means_, prep.stds_, prep.vocab_, c_h))
+    (m1, s1, v1, c1), (m2, s2, v2, c2) = states
+    differs = {"preprocessor": (m1, s1, v1) != (m2, s2, v2), "c_h": c1 != c2}
+    return {
+        "public_state_differs": [k for k, bad in differs.items() if bad],
+        "epsilon_lower_deterministic": math.inf if any(differs.values()) else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Attribute inference
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_categorical(task: TabularTask, col: str) -> bool:
+    return col in task.categorical or task.frames["original"][col].nunique(dropna=False) <= 10
+
+
+def _candidates(task: TabularTask, col: str) -> list:
+    values = task.frames["hybrid"][col]
+    if _is_categorical(task, col):
+        return sorted(task.frames["original"][col].dropna().unique().tolist(), key=str)[:12]
+    return pd.to_numeric(values, errors="coerce").quantile([0.05, 0.25, 0.5, 0.75, 0.95]).tolist()
+
+
+@torch.no_grad()
+def _attack_features(
+    model: nn.Module, prep: TabularPreprocessor, frame: pd.DataFrame, task: TabularTask, col: str
+):
+    """(public features, public + model features) of each row, never reading its sensitive values.
+
+    The model sees the row with every sensitive value blank (mean-filled, or an all-zero one-hot
+    block), and then with the attacked column at each candidate value: its logit, representation
+    and the loss at each candidate (model inversion).
+    """
+    blank = frame[[*task.public, task.label]].copy()
+    for c in task.sensitive:
+        blank[c] = np.nan
+    y = torch.from_numpy(frame[task.label].astype(float).to_numpy(np.float32))
+    x_blank = _features(prep, blank, task)
+    public_idx = prep.feature_indices(task.public)
+    public = np.column_stack([x_blank[:, public_idx].numpy(), y.numpy()])
+    logits, h = model(x_blank)
+    losses = []
+    for value in _candidates(task, col):
+        probe = blank.copy()
+        probe[col] = value
+        losses.append(binary_bce(model(_features(prep, probe, task))[0], y).numpy())
+    with_model = np.column_stack([public, logits.numpy(), h.numpy(), *losses])
+    return public, with_model
+
+
+def _target(task: TabularTask, frame: pd.DataFrame, col: str) -> np.ndarray:
+    if _is_categorical(task, col):  # "missing" is a class of its own (sepsis: no ICU unit recorded)
+        return np.array(["missing" if pd.isna(v) else str(v) for v in frame[col]])
+    return pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
+
+
+def _fit_score(task, col, x_fit, y_fit, evals: dict[str, tuple[np.ndarray, np.ndarray]], seed: int) -> dict:
+    categorical = _is_categorical(task, col)
+    keep = np.ones(len(y_fit), bool) if categorical else np.isfinite(y_fit)
+    cls = HistGradientBoostingClassifier if categorical else HistGradientBoostingRegressor
+    attack = cls(max_iter=100, random_state=seed).fit(x_fit[keep], y_fit[keep])
+    out = {}
+    for name, (x, y) in evals.items():
+        ok = np.ones(len(y), bool) if categorical else np.isfinite(y)
+        pred = attack.predict(x[ok])
+        out[name] = float((pred == y[ok]).mean()) if categorical else float(r2_score(y[ok], pred))
+    return out
+
+
+def attribute_inference(
+    run: AuditedRun, task: TabularTask, plan: CanaryPlan, *, max_rows: int = 2000, seed: int = 0
+) -> dict:
+    """Attack each sensitive column with and without the model; fitted on val rows.
+
+    Per column: the score (accuracy for categorical columns, R² for numeric ones) of the attack with
+    the model's features and of the public-only attack, on training rows (members, canaries
+    excluded) and on held-out test rows, plus the imputer's own score on the training rows.
+    ``advantage_train`` = model attack − public-only attack on training rows (what the model adds);
+    ``member_gap`` = that advantage on training rows minus the same on test rows (what the model
+    adds about its OWN training rows: the part DP bounds).
+    """
+    rng = np.random.default_rng(seed)
+    members = np.setdiff1d(np.arange(len(run.planted)), plan.rows)
+    members = np.sort(rng.choice(members, size=min(max_rows, len(members)), replace=False))
+    test = task.frames["test"]
+    test = test.iloc[np.sort(rng.choice(len(test), size=min(max_rows, len(test)), replace=False))]
+    frames = {"train": run.planted.iloc[members], "test": test}
+    hybrid_train = task.frames["hybrid"].iloc[members]
+    per_column = {}
+    for col in task.sensitive:
+        fit_pub, fit_model = _attack_features(run.model, run.prep, task.frames["val"], task, col)
+        y_fit = _target(task, task.frames["val"], col)
+        evals_pub, evals_model = {}, {}
+        for name, frame in frames.items():
+            pub, with_model = _attack_features(run.model, run.prep, frame, task, col)
+            evals_pub[name], evals_model[name] = (
+                (pub, _target(task, frame, col)),
+                (with_model, _target(task, frame, col)),
+            )
+        public_only = _fit_score(task, col, fit_pub, y_fit, evals_pub, seed)
+        with_model = _fit_score(task, col, fit_model, y_fit, evals_model, seed)
+        truth, imputed = _target(task, frames["train"], col), _target(task, hybrid_train, col)
+        if _is_categorical(task, col):
+            imputer = float((truth == imputed).mean())
+        else:
+            ok = np.isfinite(truth) & np.isfinite(imputed)
+            imputer = float(r2_score(truth[ok], imputed[ok]))
+        adv_train = with_model["train"] - public_only["train"]
+        adv_test = with_model["test"] - public_only["test"]
+        per_column[col] = {
+            "metric": "accuracy" if _is_categorical(task, col) else "r2",
+            "imputer_train": imputer,
+            "public_attack_train": public_only["train"],
+            "public_attack_test": public_only["test"],
+            "model_attack_train": with_model["train"],
+            "model_attack_test": with_model["test"],
+            "advantage_train": adv_train,
+            "member_gap": adv_train - adv_test,
+        }
+    return {
+        "attack_rows": {"train": len(members), "test": len(test), "fit (val)": len(task.frames["val"])},
+        "columns": per_column,
+        "mean_advantage_train": float(np.mean([c["advantage_train"] for c in per_column.values()])),
+        "mean_member_gap": float(np.mean([c["member_gap"] for c in per_column.values()])),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything for one (mode, ε, seed)
+# --------------------------------------------------------------------------------------------------
+
+
+def claimed_epsilon(record: dict) -> float:
+    """The feature-level ε the run claims for a zero-out change (∞ for sgd_ori, 0 for modes that
+    never read the original sensitive values)."""
+    if record["mode"] == "sgd_ori":
+        return math.inf
+    if record.get("sigma") is None:
+        return 0.0
+    return float(record["epsilon_zero_out"])
+
+
+def audit_once(
+    task: TabularTask,
+    args: argparse.Namespace,
+    *,
+    canaries: int,
+    guesses: int,
+    confidence: float = 0.95,
+    statistic: str = "loss",
+    attack_rows: int = 2000,
+    control: str | None = None,
+    attack: bool = True,
+) -> dict:
+    """Plant, train once, score, bound, attack; return the training record with an ``audit`` entry."""
+    plan = plan_canaries(task, m=canaries, seed=args.seed + 1000)
+    run = audited_run(task, args, plan, control=control, trajectory=statistic == "trajectory")
+    scores = canary_scores(run, task, plan, statistic=statistic)
+    audit = {
+        "statistic": statistic,
+        "claimed_epsilon": claimed_epsilon(run.record),
+        **canary_audit(scores, plan, k=guesses, delta=args.delta, confidence=confidence),
+        **public_state_check(task, args, plan, control=control),
+    }
+    if attack:
+        audit["attribute_inference"] = attribute_inference(
+            run, task, plan, max_rows=attack_rows, seed=args.seed
+        )
+    return {**run.record, "audit": audit}
+
+
+def audit_rows(records: Sequence[dict]) -> list[dict]:
+    """One flat row per audit record, for tables."""
+    rows = []
+    for rec in records:
+        audit = rec["audit"]
+        attack = audit.get("attribute_inference") or {}
+        rows.append(
+            {
+                "mode": rec["mode"],
+                "epsilon": rec["epsilon"] if rec.get("sigma") is not None else None,
+                "seed": rec["seed"],
+                "claimed_epsilon": audit["claimed_epsilon"],
+                "epsilon_lower": max(audit["epsilon_lower"], audit["epsilon_lower_deterministic"]),
+                "correct": audit["correct"],
+                "guesses": audit["guesses"],
+                "advantage_train": attack.get("mean_advantage_train"),
+                "member_gap": attack.get("mean_member_gap"),
+                "test_auroc": rec.get("test_auroc"),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid behind scripts/audit_<dataset>.py
+# --------------------------------------------------------------------------------------------------
+
+AUDIT_MODES = ("sgd_ori", "sgd_hybrid", "dpsgd", "calibrated_fusion", "fusiondp")
+
+
+def add_audit_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags of the audit scripts (the training flags come from the dataset's training script)."""
+    g = parser.add_argument_group("audit")
+    g.add_argument("--modes", nargs="+", default=list(AUDIT_MODES), help="modes to audit")
+    g.add_argument(
+        "--epsilons", nargs="+", type=float, default=[1.0, 4.0, 16.0], help="target ε of the DP modes"
+    )
+    g.add_argument("--seeds", nargs="+", type=int, default=[1], help="one training run per (mode, ε, seed)")
+    g.add_argument(
+        "--canaries", type=int, default=1000, help="m: canary training rows (half in, by coin flips)"
+    )
+    g.add_argument("--guesses", type=int, default=100, help="k: highest-scoring canaries guessed 'in'")
+    g.add_argument("--confidence", type=float, default=0.95, help="confidence of ε_lower")
+    g.add_argument("--statistic", choices=STATISTICS, default="loss", help="canary score")
+    g.add_argument("--attack_rows", type=int, default=2000, help="training and test rows attacked")
+    g.add_argument("--table", default=None, help="write the Markdown audit table here too")
+    return parser
+
+
+def _audit_key(rec: dict) -> tuple:
+    audit, args = rec["audit"], rec.get("args") or {}
+    eps = rec["epsilon"] if rec.get("sigma") is not None else None
+    return (rec["mode"], eps, rec["seed"], audit["canaries"], audit["guesses"], audit["statistic"],
+            rec["epochs"], args.get("max_train_rows"))  # fmt: skip
+
+
+def run_audit_grid(
+    task: TabularTask, args: argparse.Namespace, *, existing: Sequence[dict] = ()
+) -> list[dict]:
+    """Audit every (mode, ε, seed) of the flags; records already in ``existing`` are reused."""
+    from tqdm.auto import tqdm
+
+    from fusiondp.results import append_record
+
+    done = {_audit_key(r): r for r in existing if "audit" in r}
+    jobs = []
+    for seed in args.seeds:
+        for mode in args.modes:
+            for eps in args.epsilons if get_mode(mode).private else [args.epsilon]:
+                run_args = copy.copy(args)
+                run_args.mode, run_args.epsilon, run_args.seed = mode, eps, seed
+                jobs.append(run_args)
+    records = []
+    for run_args in tqdm(jobs, desc=f"audit {task.dataset}", disable=args.no_progress):
+        eps = run_args.epsilon if get_mode(run_args.mode).private else None
+        key = (run_args.mode, eps, run_args.seed, args.canaries, args.guesses, args.statistic, run_args.epochs,
+               getattr(run_args, "max_train_rows", None))  # fmt: skip
+        if key in done:
+            records.append(done[key])
+            continue
+        run_args.no_progress = True
+        rec = audit_once(
+            task,
+            run_args,
+            canaries=args.canaries,
+            guesses=args.guesses,
+            confidence=args.confidence,
+            statistic=args.statistic,
+            attack_rows=args.attack_rows,
+        )
+        rec["args"] = {**rec["args"], "max_train_rows": getattr(run_args, "max_train_rows", None)}
+        if args.results_json:
+            append_record(args.results_json, rec)
+        records.append(rec)
+    return records
+
+
+def _fmt(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if any(math.isinf(v) for v in values):
+        return "∞"
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(np.std(values, ddof=1)):.{digits}f}"
+
+
+def audit_table(records: Sequence[dict]) -> str:
+    """Markdown: one line per (mode, ε), mean ± std over seeds, with the counts."""
+    rows = pd.DataFrame(audit_rows(records))
+    rows["epsilon"] = rows["epsilon"].astype(object).where(rows["epsilon"].notna(), "–")
+    lines = [
+        "| mode | target ε | claimed ε (zero-out) | ε_lower (95%) | correct / guesses | attack advantage over public-only (train rows) | member gap (train − held-out) | test AUROC | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = {m: i for i, m in enumerate(MODE_ORDER)}
+    groups = sorted(
+        rows.groupby(["mode", "epsilon"], sort=False), key=lambda g: (order.get(g[0][0], 99), str(g[0][1]))
+    )
+    for (mode, eps), g in groups:
+        claimed = g["claimed_epsilon"].tolist()
+        lines.append(
+            f"| {mode} | {eps} | {_fmt(claimed)} | {_fmt(g['epsilon_lower'].tolist())} | "
+            f"{'/'.join(map(str, g['correct']))} of {g['guesses'].iloc[0]} | {_fmt(g['advantage_train'].tolist(), 3)} | "
+            f"{_fmt(g['member_gap'].tolist(), 3)} | {_fmt(g['test_auroc'].tolist(), 3)} | {len(g)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+MODE_ORDER = ("sgd_ori", "sgd_hybrid", "sgd_pub", "dpsgd", "naive_fusion", "naive_fusion_pub", "feature-dp",
+              "calibrated_fusion", "fusiondp")  # fmt: skip

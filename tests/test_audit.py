@@ -1,0 +1,125 @@
+"""The audit: the one-run lower bound on known numbers, and the audit's verdict on the correct
+implementation and on test-only broken variants (tiny synthetic sepsis-shaped data)."""
+
+import math
+
+import pytest
+from conftest import make_sepsis_frames, sepsis
+
+from fusiondp.audit import (
+    TabularTask,
+    audit_once,
+    audit_p_value,
+    epsilon_lower_bound,
+    plan_canaries,
+    plant_canaries,
+)
+from fusiondp.models import sepsis_mlp
+
+
+def test_p_value_is_the_binomial_tail_without_delta():
+    # eps = 0: every guess is a fair coin; P[10 of 10 correct] = 2^-10.
+    assert audit_p_value(m=100, r=10, v=10, epsilon=0.0, delta=0.0) == pytest.approx(2**-10)
+    assert audit_p_value(m=100, r=10, v=0, epsilon=1.0, delta=1e-5) == 1.0
+    # delta only ever raises the bound
+    assert audit_p_value(m=1000, r=100, v=80, epsilon=1.0, delta=1e-3) > audit_p_value(
+        m=1000, r=100, v=80, epsilon=1.0, delta=0.0
+    )
+
+
+def test_all_correct_guesses_give_the_closed_form_bound():
+    # delta = 0, v = r: bound = p^r with p = e^eps / (1 + e^eps); rejected while p^r < 0.05.
+    r = 100
+    expected = math.log(0.05 ** (1 / r) / (1 - 0.05 ** (1 / r)))
+    assert epsilon_lower_bound(m=1000, r=r, v=r, delta=0.0, confidence=0.95) == pytest.approx(
+        expected, abs=1e-3
+    )
+    assert expected == pytest.approx(3.49, abs=0.01)
+    # a small delta lowers it a little, never raises it
+    assert epsilon_lower_bound(m=1000, r=r, v=r, delta=1e-5) <= expected
+
+
+def test_random_guessing_gives_about_zero():
+    assert epsilon_lower_bound(m=1000, r=100, v=50, delta=1e-5) == 0.0
+    assert epsilon_lower_bound(m=1000, r=100, v=58, delta=1e-5) < 0.1
+    # more correct guesses, larger bound; more confidence, smaller bound
+    assert epsilon_lower_bound(m=1000, r=100, v=80, delta=1e-5) > epsilon_lower_bound(
+        m=1000, r=100, v=70, delta=1e-5
+    )
+    assert epsilon_lower_bound(m=1000, r=100, v=80, delta=1e-5, confidence=0.99) < epsilon_lower_bound(
+        m=1000, r=100, v=80, delta=1e-5, confidence=0.9
+    )
+
+
+@pytest.fixture(scope="module")
+def task():
+    frames = make_sepsis_frames(n_train=240, n_eval=80, seed=3)
+    return TabularTask(
+        dataset="sepsis",
+        frames=frames,
+        public=sepsis.PUBLIC,
+        sensitive=sepsis.SENSITIVE,
+        label=sepsis.LABEL,
+        build_model=sepsis_mlp,
+    )
+
+
+def _args(*extra):
+    return sepsis.get_args_parser().parse_args(
+        [
+            "--epochs",
+            "1",
+            "--batch_size",
+            "16",
+            "--public_batch_size",
+            "64",
+            "--no_progress",
+            "--epsilon",
+            "1",
+            "--seed",
+            "5",
+            *extra,
+        ]
+    )
+
+
+def test_out_canaries_are_exact_zero_out_neighbours(task):
+    plan = plan_canaries(task, m=40, seed=0)
+    planted = plant_canaries(task, plan)
+    out_rows = plan.rows[~plan.is_in]
+    in_rows = plan.rows[plan.is_in]
+    hybrid = task.frames["hybrid"]
+    for col in sepsis.SENSITIVE:
+        assert (planted[col].iloc[out_rows].to_numpy() == hybrid[col].iloc[out_rows].to_numpy()).all()
+        assert (planted[col].iloc[in_rows].to_numpy() == plan.extreme[col].to_numpy()[plan.is_in]).all()
+    untouched = sorted(set(range(len(planted))) - set(plan.rows))
+    assert planted.iloc[untouched].equals(task.frames["original"].iloc[untouched])
+    assert 10 < plan.is_in.sum() < 30  # fair coins
+
+
+def test_correct_implementation_passes(task):
+    rec = audit_once(task, _args("--mode", "fusiondp"), canaries=60, guesses=10, attack_rows=100)
+    audit = rec["audit"]
+    assert audit["claimed_epsilon"] == rec["epsilon_zero_out"] <= 1.0
+    assert audit["epsilon_lower"] <= audit["claimed_epsilon"]
+    assert audit["public_state_differs"] == [] and audit["epsilon_lower_deterministic"] == 0.0
+    attack = audit["attribute_inference"]
+    assert set(attack["columns"]) == set(sepsis.SENSITIVE)
+    assert math.isfinite(attack["mean_advantage_train"]) and math.isfinite(attack["mean_member_gap"])
+
+
+@pytest.mark.parametrize(
+    "control,differs", [("c_h_from_private", ["c_h"]), ("scaler_from_private", ["preprocessor", "c_h"])]
+)
+def test_leaks_outside_the_mechanism_are_flagged(task, control, differs):
+    rec = audit_once(
+        task, _args("--mode", "fusiondp"), canaries=60, guesses=10, control=control, attack=False
+    )
+    audit = rec["audit"]
+    assert audit["public_state_differs"] == differs
+    assert audit["epsilon_lower_deterministic"] == math.inf > audit["claimed_epsilon"]
+
+
+def test_modes_that_never_read_private_values_pass(task):
+    rec = audit_once(task, _args("--mode", "sgd_hybrid"), canaries=60, guesses=10, attack=False)
+    assert rec["audit"]["claimed_epsilon"] == 0.0 and rec["audit"]["epsilon_lower"] == 0.0
