@@ -175,6 +175,16 @@ def peak_rss_mb() -> float | None:
     return None
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(args: argparse.Namespace) -> dict:
     if args.only:
         result = child(args)
@@ -203,7 +213,7 @@ def main(args: argparse.Namespace) -> dict:
         "max_abs_diff_clipped_sum": diff,
         "max_abs_clipped_sum": scale,
         "agree": diff <= 1e-4 * max(scale, 1.0),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, load {load}",
         "torch": torch.__version__,
         "command": command_line(),
         "git_commit": git_commit(),
