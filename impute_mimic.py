@@ -23,6 +23,9 @@ in imputation_info.json. Writes to --out_dir: ``<ds>_support.csv, <ds>_train.csv
 (all with columns row_id, TEXT, LABELS), ``spans.csv`` (every training span WITH ITS ORIGINAL TEXT:
 private, for human review only, never a model input), ``span_counts.csv`` and ``imputation_info.json``.
 ``--max_rows N`` uses a seeded N-row sample of the stand-in corpus (a shorter run; recorded).
+Cost: SmolLM2-135M infills about 1 span per second on one CPU thread (scripts/bench_infill.py); MIMIC
+notes hold many spans (every ``[** **]`` placeholder), so run it there with ``--device cuda``. An
+interrupted run resumes from ``<out_dir>/cache`` (generations are cached per prompt, model and seed).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusiondp.cli import run_main
+from fusiondp.cli import resolve_device, run_main
 from fusiondp.data import data_root, output_files, read_csv
 from fusiondp.impute import check_disjoint, split_indices, write_csv
 from fusiondp.infill import NEUTRAL_TYPES, NO_LM, SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
@@ -84,6 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--left_chars", type=int, default=300, help="characters of context before a span")
     parser.add_argument("--right_chars", type=int, default=150, help="characters of context after a span")
+    parser.add_argument("--device", default="cpu", help="where the LM runs: cpu, cuda, cuda:1 or auto")
     parser.add_argument("--cache_dir", type=Path, default=None, help="default: <out_dir>/cache")
     parser.add_argument("--no_progress", action="store_true")
     return parser
@@ -177,7 +181,7 @@ def main(args: argparse.Namespace) -> dict:
     detect_seconds = time.perf_counter() - t0
     generate, lm_id = None, "none (type placeholders; a model-free baseline, not LM infill)"
     if args.lm != NO_LM:
-        model, tokenizer, lm_id = load_causal_lm(args.lm)
+        model, tokenizer, lm_id = load_causal_lm(args.lm, device=str(resolve_device(args.device)))
         generate = CausalLMInfiller(
             model=model,
             tokenizer=tokenizer,
@@ -232,6 +236,7 @@ def main(args: argparse.Namespace) -> dict:
         "lm": lm_id,
         "lm_is_placeholder_baseline": generate is None,
         "neutral_types": neutral,
+        "device": args.device,
         "generation": {
             **(generate.settings() if generate else {}),
             "batch_size": args.batch_size,

@@ -129,8 +129,11 @@ def smollm2_gguf() -> tuple[Path, str]:
     return folder, names[0]
 
 
-def load_causal_lm(name: str, *, dtype: str = "float32"):
-    """(model, tokenizer, model id) for ``smollm2`` (the offline GGUF) or any HF causal LM name/folder."""
+def load_causal_lm(name: str, *, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer, model id) for ``smollm2`` (the offline GGUF) or any HF causal LM name/folder.
+
+    ``device`` is a torch device ("cpu", "cuda", ...); generation runs where the model is.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,7 +148,7 @@ def load_causal_lm(name: str, *, dtype: str = "float32"):
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
         model_id = name
-    model.eval()
+    model.to(device).eval()
     return model, tok, model_id
 
 
@@ -276,7 +279,7 @@ class CausalLMInfiller:
                 batch = todo[b : b + self.batch_size]
                 start = time.perf_counter()
                 set_seed(self.seed + b)  # sampling is reproducible for a given batch
-                enc = self.tokenizer(batch, return_tensors="pt", padding=True)
+                enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.model.device)
                 sampling = (
                     {"do_sample": True, "temperature": self.temperature}
                     if self.temperature > 0
