@@ -158,9 +158,10 @@ def propagate(note: str, spans: Sequence[Span]) -> list[Span]:
 class HFSpanDetector:
     """A transformers token-classification model (e.g. a de-identification NER model) as a detector.
 
-    ``model`` is a local folder or a Hub name (needs internet the first time). Entity groups are
-    mapped to span types by lower-cased name through ``type_map``; unmapped groups keep their own
-    name ("O" predictions are never spans). Long notes are handled by the pipeline's own striding.
+        ``model`` is a local folder or a Hub name (needs internet the first time). Entity groups are
+        mapped to span types by lower-cased name through ``type_map``; unmapped groups keep their own
+        name ("O" predictions are never spans). Long notes are read in overlapping windows (the pipeline's
+    ``stride``), so no span is lost to truncation; the tokenizer must be a fast one.
     """
 
     DEFAULT_TYPE_MAP: ClassVar[dict[str, str]] = {
@@ -180,11 +181,19 @@ class HFSpanDetector:
         self.pipe = pipeline(
             "token-classification", model=model, aggregation_strategy="simple", device=device
         )
+        if not self.pipe.tokenizer.is_fast:
+            raise ValueError(
+                f"detector model {model!r} has a slow tokenizer: the pipeline then truncates long notes and "
+                "would miss their later spans. Use a model with a fast (tokenizers) tokenizer."
+            )
+        # Without a stride the pipeline silently truncates a note to model_max_length tokens, and every
+        # span after that would stay in the hybrid: overlapping windows cover the whole note.
+        self.stride = max(1, min(64, self.pipe.tokenizer.model_max_length // 4))
         self.model_name = model
 
     def __call__(self, notes: Sequence[str], *, batch_size: int = 8) -> list[list[Span]]:
         out = []
-        results = self.pipe(list(notes), batch_size=batch_size) if notes else []
+        results = self.pipe(list(notes), batch_size=batch_size, stride=self.stride) if notes else []
         for note, entities in zip(notes, results, strict=True):
             spans = []
             for ent in entities:

@@ -108,7 +108,7 @@ def tiny_token_classifier(tmp_path_factory):
     labels = ["O", "B-DATE", "I-DATE", "B-AGE", "I-AGE"]
     config = BertConfig(
         vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=128,
+        intermediate_size=32, max_position_embeddings=64,
         id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
     )  # fmt: skip
     torch.manual_seed(0)
@@ -116,6 +116,7 @@ def tiny_token_classifier(tmp_path_factory):
     with torch.no_grad():  # every token B-DATE, so the expected output is known
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
+    tok.model_max_length = 64  # short windows, so a test note is longer than one
     folder = tmp_path_factory.mktemp("tiny_ner")
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -130,6 +131,10 @@ def test_hf_detector_runs_the_token_classification_pipeline(tiny_token_classifie
     by_model = detect_spans(notes, detector="hf", hf_detector=detector, propagate_spans=False)
     assert [s.text(notes[0]) for s in by_model[0]] == ["Seen", "on", "the", "ward", "today"]
     assert {s.type for spans in by_model for s in spans} == {"date"}
+    # A note longer than the model's 64-token window is read whole (striding), not truncated.
+    long_note = " ".join(f"word{i}" for i in range(150)) + " finalword"
+    (long_spans,) = detect_spans([long_note], detector="hf", hf_detector=detector, propagate_spans=False)
+    assert long_spans[-1].end == len(long_note) and len(long_spans) > 150
     both = detect_spans(notes, detector="both", hf_detector=detector)
     assert all(a.end <= b.start for spans in both for a, b in itertools.pairwise(spans))
     # The rule span "45-year-old" and the model's "45" start together: the longer one is kept.
