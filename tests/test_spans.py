@@ -140,3 +140,24 @@ def test_hf_detector_runs_the_token_classification_pipeline(tiny_token_classifie
     # The rule span "45-year-old" and the model's "45" start together: the longer one is kept.
     assert [s.text(notes[1]) for s in both[1]][:1] == ["A"]
     assert "45-year-old" in [s.text(notes[1]) for s in both[1]]
+
+
+def test_impute_script_runs_with_the_model_detector(tiny_token_classifier, tmp_path):
+    import pandas as pd
+
+    import impute_mimic
+
+    paths = {}
+    for split in ("train", "dev", "test"):
+        paths[split] = tmp_path / f"{split}_50.csv"
+        pd.DataFrame(
+            {"TEXT": ["A 45-year-old seen today.", "No findings."], "LABELS": ["401.9", "428.0"]}
+        ).to_csv(paths[split], index=False)
+    argv = ["--dataset", "mimic", "--train_csv", str(paths["train"]), "--dev_csv", str(paths["dev"]),
+            "--test_csv", str(paths["test"]), "--out_dir", str(tmp_path / "out"), "--lm", "none", "--no_progress",
+            "--detector", "both", "--detector_model", tiny_token_classifier]  # fmt: skip
+    info = impute_mimic.main(impute_mimic.get_args_parser().parse_args(argv))
+    assert info["detector"] == "both" and info["detector_model"] == tiny_token_classifier
+    hybrid = pd.read_csv(tmp_path / "out" / "mimic_train_imputed.csv")["TEXT"].tolist()
+    # The rule span keeps its type; every other word is a (random) model "date".
+    assert hybrid[0].startswith("[DATE] [AGE] [DATE]") and "No" not in hybrid[1]
