@@ -52,7 +52,7 @@ from fusiondp.models import binary_bce
 from fusiondp.modes import get_mode
 from fusiondp.train import resolve_c_h, run_experiment
 
-STATISTICS = ("loss", "gradient", "trajectory")
+STATISTICS = ("loss", "gradient")
 NEGATIVE_CONTROLS = ("no_clipping", "no_noise", "c_h_from_private", "scaler_from_private")
 EXTREME_QUANTILES = (0.0, 1.0)
 """Canary values of numeric sensitive columns: the observed minimum or maximum (valid, yet extreme)."""
@@ -229,42 +229,6 @@ class AuditedRun:
     prep: TabularPreprocessor
     planted: pd.DataFrame
     initial_state: dict[str, Tensor]
-    trajectory_scores: np.ndarray | None = None
-    """Σ_t ⟨θ_t − θ_{t+1}, u_i(θ_t) − ū(θ_t)⟩ per canary (u_i: unit private-term gradient, ū: mean
-    over the canaries), when the iterates were observed."""
-
-
-@contextmanager
-def observe_iterates(x_in: Tensor, x_ref: Tensor, y: Tensor, scores: Tensor) -> Iterator[None]:
-    """White-box access to every iterate: wrap the training loop's call of the real step so that,
-    around each step, the canaries' private-term gradient directions at θ_t are dotted with the
-    update θ_t − θ_{t+1} and summed into ``scores``. The step itself runs unchanged."""
-    import fusiondp.train as train_module
-
-    real_step = train_module.fusion_step
-
-    def observed(model, *, cfg, **kwargs):
-        before = {k: p.detach().clone() for k, p in step_module.trainable_params(model).items()}
-        grads = step_module.per_example_gradients(
-            model, x_in, x_ref, y, loss_fn=binary_bce, reg_weight=cfg.reg_weight, c_h=cfg.c_h
-        )
-        norms = step_module.per_example_norms(grads)[:, None] + 1e-12
-        # Unit directions, centred over the canaries: the component they all share is pushed by
-        # every "in" canary at once and would score "out" canaries as high as "in" ones.
-        units = {k: g.flatten(1) / norms for k, g in grads.items()}
-        units = {k: u - u.mean(0, keepdim=True) for k, u in units.items()}
-        out = real_step(model, cfg=cfg, **kwargs)
-        after = step_module.trainable_params(model)
-        scores.add_(sum((u * (before[k] - after[k].detach()).flatten()).sum(1) for k, u in units.items()))
-        return out
-
-    with mock.patch.object(train_module, "fusion_step", observed):
-        yield
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _prepare(task: TabularTask, planted: pd.DataFrame, *, seed: int, control: str | None):
@@ -301,10 +265,8 @@ def audited_run(
     plan: CanaryPlan,
     *,
     control: str | None = None,
-    trajectory: bool = False,
 ) -> AuditedRun:
-    """Plant the canaries and train ONE model through :func:`fusiondp.train.run_experiment`
-    (observing every iterate when ``trajectory``)."""
+    """Plant the canaries and train ONE model through :func:`fusiondp.train.run_experiment`."""
     planted = plant_canaries(task, plan)
     data, prep = _prepare(task, planted, seed=args.seed, control=control)
     built: dict = {}
@@ -314,14 +276,7 @@ def audited_run(
         built["initial"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return model
 
-    observe, scores = _nothing(), None
-    if trajectory:
-        hybrid_rows = task.frames["hybrid"].iloc[plan.rows].reset_index(drop=True)
-        y = torch.from_numpy(hybrid_rows[task.label].astype(float).to_numpy(np.float32))
-        scores = torch.zeros(len(plan.rows))
-        x_in, x_ref = _features(prep, _in_version(task, plan), task), _features(prep, hybrid_rows, task)
-        observe = observe_iterates(x_in, x_ref, y, scores)
-    with negative_control(control), observe:
+    with negative_control(control):
         record = run_experiment(
             _control_args(args, control),
             dataset=task.dataset,
@@ -330,9 +285,7 @@ def audited_run(
             loss_fn=binary_bce,
             extra_record={**task.extra_record, "sensitive_columns": task.sensitive},
         )
-    return AuditedRun(
-        record, built["model"], prep, planted, built["initial"], None if scores is None else scores.numpy()
-    )
+    return AuditedRun(record, built["model"], prep, planted, built["initial"])
 
 
 def _features(prep: TabularPreprocessor, frame: pd.DataFrame, task: TabularTask) -> Tensor:
@@ -356,10 +309,6 @@ def canary_scores(
     how far training moved the parameters against the canary's private-term gradient.
     The auditor scores in and out canaries alike, both with the extreme values.
     """
-    if statistic == "trajectory":
-        if run.trajectory_scores is None:
-            raise ValueError("the trajectory statistic needs a run trained with trajectory=True.")
-        return run.trajectory_scores
     hybrid_rows = task.frames["hybrid"].iloc[plan.rows].reset_index(drop=True)
     in_rows = _in_version(task, plan)
     x_in, x_ref = _features(run.prep, in_rows, task), _features(run.prep, hybrid_rows, task)
@@ -599,7 +548,7 @@ def audit_once(
 ) -> dict:
     """Plant, train once, score, bound, attack; return the training record with an ``audit`` entry."""
     plan = plan_canaries(task, m=canaries, seed=args.seed + 1000)
-    run = audited_run(task, args, plan, control=control, trajectory=statistic == "trajectory")
+    run = audited_run(task, args, plan, control=control)
     scores = canary_scores(run, task, plan, statistic=statistic)
     audit = {
         "statistic": statistic,
