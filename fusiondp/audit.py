@@ -4,8 +4,9 @@ Four parts, all driven through the package's own training path (:func:`fusiondp.
 
 * **Canary audit in one training run** (Steinke, Nasr and Jagielski, "Privacy auditing with one (1)
   training run", NeurIPS 2023, arXiv 2305.08846). m training rows become canaries; each flips a fair
-  coin. "In" canaries get extreme but valid ORIGINAL sensitive values (per column, the 1st or 99th
-  percentile farthest from the row's imputed value; for a categorical column another category);
+  coin. "In" canaries get extreme but valid ORIGINAL sensitive values (per column, the observed minimum
+  or maximum, whichever is farther from the row's imputed value; for a categorical column another
+  category, at random);
   "out" canaries get original values EQUAL to their hybrid values, which is exactly the zero-out
   neighbour (their private term is exactly 0). One model is trained; each canary is scored
   white-box on the final model; the k highest scores are guessed "in" (the rest abstain), and the
@@ -696,3 +697,22 @@ def audit_table(records: Sequence[dict]) -> str:
 
 MODE_ORDER = ("sgd_ori", "sgd_hybrid", "sgd_pub", "dpsgd", "naive_fusion", "naive_fusion_pub", "feature-dp",
               "calibrated_fusion", "fusiondp")  # fmt: skip
+
+
+def run_audit_script(task: TabularTask, args: argparse.Namespace) -> dict:
+    """What every ``scripts/audit_<dataset>.py`` does once it has its task: reuse the records already in
+    --results_json, run the rest of the grid, print the table and write it to --table."""
+    from pathlib import Path
+
+    from fusiondp.results import load_records
+
+    existing = (
+        load_records(args.results_json) if args.results_json and Path(args.results_json).exists() else []
+    )
+    records = run_audit_grid(task, args, existing=existing)
+    table = audit_table(records)
+    print(table)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(table)
+    return {"records": records, "table": table}

@@ -18,11 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the train_*.py scripts live at the top
 
 import train_fusiondp_sepsis as sepsis
-from fusiondp.audit import TabularTask, add_audit_args, audit_table, run_audit_grid
+from fusiondp.audit import TabularTask, add_audit_args, run_audit_script
 from fusiondp.cli import run_main
 from fusiondp.data import data_root
 from fusiondp.models import sepsis_mlp
-from fusiondp.results import load_records
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,16 +42,7 @@ def main(args: argparse.Namespace) -> dict:
         build_model=sepsis_mlp,
         extra_record={"data_dir": str(data_dir)},
     )
-    existing = (
-        load_records(args.results_json) if args.results_json and Path(args.results_json).exists() else []
-    )
-    records = run_audit_grid(task, args, existing=existing)
-    table = audit_table(records)
-    print(table)
-    if args.table:
-        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(table)
-    return {"records": records, "table": table}
+    return run_audit_script(task, args)
 
 
 if __name__ == "__main__":

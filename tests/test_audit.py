@@ -123,3 +123,25 @@ def test_leaks_outside_the_mechanism_are_flagged(task, control, differs):
 def test_modes_that_never_read_private_values_pass(task):
     rec = audit_once(task, _args("--mode", "sgd_hybrid"), canaries=60, guesses=10, attack=False)
     assert rec["audit"]["claimed_epsilon"] == 0.0 and rec["audit"]["epsilon_lower"] == 0.0
+
+
+def test_audit_script_writes_records_and_table_and_reuses_them(sepsis_dir, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import audit_sepsis
+
+    out, table = tmp_path / "audit.jsonl", tmp_path / "audit.md"
+    argv = ["--data_dir", str(sepsis_dir), "--epochs", "1", "--batch_size", "32", "--public_batch_size", "64",
+            "--modes", "sgd_hybrid", "fusiondp", "--epsilons", "2", "--seeds", "1", "--canaries", "40",
+            "--guesses", "8", "--attack_rows", "60", "--results_json", str(out), "--table", str(table),
+            "--no_progress"]  # fmt: skip
+    first = audit_sepsis.main(audit_sepsis.get_args_parser().parse_args(argv))
+    assert len(out.read_text().splitlines()) == 2
+    assert (
+        "| fusiondp | 2.0 |" in table.read_text() and "| sgd_hybrid | – | 0.00 | 0.00 |" in table.read_text()
+    )
+    again = audit_sepsis.main(audit_sepsis.get_args_parser().parse_args(argv))
+    assert len(out.read_text().splitlines()) == 2  # reused, not re-run
+    assert again["table"] == first["table"]
