@@ -2,6 +2,8 @@ r"""Each run's privacy guarantee in words and numbers, from its result record.
 
     python scripts/privacy_report.py results/sepsis.jsonl
     python scripts/privacy_report.py results/bank.jsonl --where mode=fusiondp epsilon=1.0 --out report.md
+    python scripts/privacy_report.py --epsilon_table --num_rows 14293 --batch_size 128 --epochs 13 \
+        --epsilons 0.5 1 2 4 8          # no records: σ per accountant and relation, ε under both relations
 
 Per run: which columns are protected and under which neighbouring relation; (ε, δ) under BOTH
 relations (zero-out and replace-one) for the σ actually used, with the accountant of each; σ, q, T;
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusiondp.cli import run_main
 from fusiondp.impute import imputation_quality
-from fusiondp.privacy import ZERO_OUT, feature_epsilons
+from fusiondp.privacy import REPLACE_ONE, ZERO_OUT, feature_epsilons, make_privacy_spec, num_steps
 from fusiondp.results import flags_to_conditions, load_records
 
 SEPSIS_FILES = ("train_ori.csv", "train_hybrid.csv")
@@ -35,10 +37,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("results", nargs="+", type=Path, help="JSON-lines result files")
+    parser.add_argument("results", nargs="*", type=Path, help="JSON-lines result files")
     parser.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="keep matching runs only")
     parser.add_argument("--out", type=Path, default=None, help="write the report here too")
+    t = parser.add_argument_group("epsilon table (instead of records)")
+    t.add_argument("--epsilon_table", action="store_true", help="print σ and ε under both relations")
+    t.add_argument("--num_rows", type=int, default=14293, help="N training rows")
+    t.add_argument("--batch_size", type=int, default=128, help="expected Poisson batch size b")
+    t.add_argument("--epochs", type=float, default=13, help="T = round(epochs*N/b)")
+    t.add_argument("--delta", type=float, default=1e-5)
+    t.add_argument("--epsilons", nargs="+", type=float, default=[0.5, 1.0, 2.0, 4.0, 8.0])
     return parser
+
+
+def epsilon_table(
+    *, num_rows: int, batch_size: int, epochs: float, delta: float, epsilons: list[float]
+) -> str:
+    """Markdown: per target ε and (accountant, relation σ is calibrated for), σ and ε under both relations."""
+    plans = [("rdp", ZERO_OUT), ("prv", ZERO_OUT), ("pld", ZERO_OUT), ("pld", REPLACE_ONE)]
+    q, steps = batch_size / num_rows, num_steps(epochs=epochs, num_rows=num_rows, batch_size=batch_size)
+    lines = [
+        f"N = {num_rows}, b = {batch_size}, q = {q:.5f}, T = {steps}, δ = {delta:g}",
+        "",
+        "| target ε | calibrated for (accountant) | σ | ε zero-out | ε replace-one (pld) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for eps in epsilons:
+        for accountant, relation in plans:
+            spec = make_privacy_spec(
+                epsilon=eps,
+                delta=delta,
+                batch_size=batch_size,
+                num_rows=num_rows,
+                epochs=epochs,
+                accountant=accountant,
+                relation=relation,
+            )
+            lines.append(
+                f"| {eps:g} | {relation} ({accountant}) | {spec.noise_multiplier:.4f} | "
+                f"{spec.epsilon_zero_out:.3f} ({spec.accountant_zero_out}) | {spec.epsilon_replace_one:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def imputation_summary(record: dict) -> tuple[str, pd.DataFrame | None]:
@@ -148,6 +187,20 @@ def _matches(record: dict, conditions: dict[str, str]) -> bool:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.epsilon_table:
+        table = epsilon_table(
+            num_rows=args.num_rows,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            delta=args.delta,
+            epsilons=args.epsilons,
+        )
+        print(table)
+        if args.out:
+            args.out.write_text(table)
+        return {"table": table}
+    if not args.results:
+        raise ValueError("give JSON-lines result files, or --epsilon_table.")
     conditions = flags_to_conditions([f"--{w}" for w in args.where])
     records = [r for path in args.results for r in load_records(path) if _matches(r, conditions)]
     if not records:

@@ -68,3 +68,19 @@ def test_where_filters_and_missing_imputation_is_said(records, tmp_path):
     assert "unavailable: no imputation_metrics.csv" in text["reports"][0]
     with pytest.raises(ValueError, match="no records in"):
         privacy_report.main(privacy_report.get_args_parser().parse_args([str(path), "--where", "mode=dpsgd"]))
+
+
+def test_epsilon_table_per_accountant_and_relation():
+    args = privacy_report.get_args_parser().parse_args(
+        ["--epsilon_table", "--num_rows", "1000", "--batch_size", "50", "--epochs", "2", "--epsilons", "2"]
+    )
+    table = privacy_report.main(args)["table"]
+    rows = [line for line in table.splitlines() if line.startswith("| 2 |")]
+    assert [r.split("|")[2].strip() for r in rows] == [
+        "zero-out (rdp)",
+        "zero-out (prv)",
+        "zero-out (pld)",
+        "replace-one (pld)",
+    ]
+    zero_pld, replace_pld = (float(r.split("|")[3]) for r in rows[2:])
+    assert replace_pld > zero_pld  # sensitivity 2C needs more noise
