@@ -110,6 +110,8 @@ def load_caml(path: Path, *, split: str) -> pd.DataFrame:
             raise ValueError(
                 f"{path}: column {col!r} is empty in data row(s) {rows} (0-based); every note needs {col}."
             )
+    if df["LABELS"].dtype != object:  # all single numeric codes: re-read as text so "038.9" keeps its 0
+        df["LABELS"] = pd.read_csv(path, usecols=["LABELS"], dtype=str)["LABELS"]
     labels = df["LABELS"].astype(str).map(lambda s: ";".join(c.strip() for c in s.split(";") if c.strip()))
     bad = np.flatnonzero((labels == "").to_numpy())
     if len(bad):

@@ -109,6 +109,11 @@ def test_mimic_caml_files_end_to_end(tmp_path):
     assert set(info["span_counts"]) == {"age", "date", "deid", "pronoun", "record", "sex"}
 
 
+def test_caml_codes_stay_text(tmp_path):
+    path = caml(tmp_path, "dev_50.csv", [(1, "note one", "038.9"), (2, "note two", "401.9")])
+    assert list(impute_mimic.load_caml(path, split="dev")["LABELS"]) == ["038.9", "401.9"]
+
+
 @pytest.mark.parametrize(
     ("columns", "rows", "message"),
     [
