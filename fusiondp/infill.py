@@ -21,9 +21,10 @@ Privacy contract (what the hybrid note may depend on):
   replacement whose text makes such a match is replaced by its type placeholder, and the run stops
   with an error if a match remains that no replacement caused. The spans' locations and types are
   kept (the hybrid shows where a span was and what kind).
-- An infill holding a span of another type ("45-year-old woman" for an age) is rejected by reading
-  the infill alone (:func:`foreign_spans`), so the check below can only fire on an original of the
-  slot's own type, never on, say, a sex word elsewhere in the note.
+- An infill holding a span of another type ("45-year-old woman" for an age, or a bare "white") is
+  rejected by reading the infill alone (:func:`foreign_spans`), so the check below can only fire on
+  an original of the slot's own type, never on, say, a sex word elsewhere in the note. This covers
+  the rule types; spans that only a model detector (--detector hf/both) finds are not rechecked.
 - The one original-dependent decision is that check: when it fires (the public-only LM guess
   reproduced the original, e.g. the same age), the placeholder marks that coincidence. It is rare for
   the open-valued LM types, never happens for neutral types, and its count is reported
@@ -90,6 +91,7 @@ TYPE_HINTS = {
     "ethnicity": ("ethnicity", "A 30-year-old [MASK] woman presented with anemia.", "white"),
 }
 GENERIC_HINT = ("detail", "The patient was transferred from [MASK] for surgery.", "the county hospital")
+_COLOUR_WORDS = re.compile(r"\b(?:white|black)s?\b", re.IGNORECASE)
 _BAD_OUTPUT = re.compile(r"\[|\]|mask|text:|answer:|fill in", re.IGNORECASE)
 
 
@@ -221,7 +223,10 @@ def foreign_spans(value: str, kind: str) -> list[Span]:
     reveal, an original span of the other type (a sex word, say) elsewhere in the note. The test
     reads the infill only, so the rejection discloses nothing.
     """
-    return [s for s in rule_spans(value) if s.type != kind]
+    found = [s for s in rule_spans(value) if s.type != kind]
+    if kind != "ethnicity":  # "white"/"black" are ethnicity spans only before a person word
+        found += [Span(m.start(), m.end(), "ethnicity") for m in _COLOUR_WORDS.finditer(value)]
+    return found
 
 
 @dataclass

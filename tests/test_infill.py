@@ -137,6 +137,14 @@ def test_clean_completion(text, value, reason):
     assert clean_completion(text) == (value, reason)
 
 
+def test_foreign_spans_are_judged_from_the_infill_alone():
+    from fusiondp.infill import foreign_spans
+
+    assert [x.type for x in foreign_spans("45-year-old woman", "age")] == ["sex"]
+    assert [x.type for x in foreign_spans("White", "date")] == ["ethnicity"]
+    assert foreign_spans("45-year-old", "age") == [] and foreign_spans("March 1990", "date") == []
+
+
 def test_no_lm_gives_type_placeholders():
     note = "A 45-year-old woman seen on March 3, 1989."
     result = infill_notes([note], detect_spans([note]), generate=None)
