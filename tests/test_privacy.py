@@ -297,3 +297,12 @@ def test_cli_refuses_replace_one_with_rdp(sepsis_dir, capsys, monkeypatch):
         run_main(sepsis.main, sepsis.get_args_parser())
     assert stop.value.code == 2
     assert "--neighbouring replace_one with --accountant rdp" in capsys.readouterr().err
+
+
+def test_replace_one_is_never_reported_below_zero_out_even_with_rdp():
+    # bank-like setting at large epsilon: RDP's zero-out bound exceeds PLD's replace-one epsilon
+    spec = make_privacy_spec(
+        epsilon=16, delta=1e-5, batch_size=128, num_rows=30000, epochs=10, accountant="rdp"
+    )
+    assert spec.epsilon_replace_one >= spec.epsilon_zero_out
+    assert spec.accountant_replace_one.startswith("rdp (zero-out bound; pld gave")
