@@ -103,3 +103,9 @@ def test_bad_flags_are_refused(notes_dir):
         mimic.main(_args(notes_dir, "--max_len", "0"))
     with pytest.raises(FileNotFoundError, match=r"Run impute_mimic\.py first"):
         mimic.main(_args(notes_dir.parent / "nowhere"))
+
+
+def test_c_h_from_original_notes_is_marked_outside_the_guarantee(notes_dir):
+    record = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--c_h_from_private"))
+    assert "NOT PRIVATE" in record["c_h_source"] and record["c_h"] > 0
+    assert record["privacy_guarantee_holds"] is False and record["outside_guarantee"]
