@@ -159,3 +159,17 @@ def test_multilabel_metrics_by_hand():
     assert m["macro_auc"] == pytest.approx((1.0 + 0.5) / 2)  # label 1: 2 of 4 pairs ordered
     with pytest.raises(ValueError, match="diverged"):
         multilabel_metrics(y, np.full((4, 2), np.nan))
+
+
+def test_embeddings_from_gensim_keyed_vectors(tmp_path):
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(vector_size=4)
+    kv.add_vectors(["fever", "class2"], np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.float32))
+    kv.save(str(tmp_path / "vectors.kv"))
+    data = prepare_text(make_note_frames(), embeddings=str(tmp_path / "vectors.kv"))
+    assert data.embeddings[data.vocab.index("class2")].tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert data.info["embeddings"].endswith("vectors.kv") and 0 < data.info["coverage"] < 1
+    with pytest.raises(ValueError, match="unknown format"):
+        (tmp_path / "vectors.json").write_text("{}")
+        prepare_text(make_note_frames(), embeddings=str(tmp_path / "vectors.json"))
