@@ -87,6 +87,8 @@ def test_raw_psv_files_to_splits_and_training(tmp_path):
     # The written folder is what train_fusiondp_sepsis.py reads.
     record = sepsis.main(sepsis_args(out, "--mode", "fusiondp", "--epsilon", "2"))
     assert np.isfinite(record["test_aupr"])
+    # The record names the imputer that made this folder's hybrid, not the authors' release.
+    assert record["imputer"] == "hgb" and "NOT TabPFN" in record["deviation_from_paper"]
 
 
 def test_raw_input_errors(tmp_path):
@@ -153,9 +155,9 @@ def test_released_rows_support_held_out_and_reference_on_the_same_rows(tmp_path)
     )
     ours = pd.read_csv(out / "imputation_metrics.csv").set_index("column")
     assert ours.loc["Age", "r2"] > 0.3  # HR carries Age here
-    assert np.isfinite(
-        sepsis.main(sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid"))["test_aupr"]
-    )
+    reference = sepsis.main(sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid"))
+    assert np.isfinite(reference["test_aupr"])
+    assert reference["imputer"].startswith("TabPFN, as released by the authors")
 
 
 def test_imputations_never_read_training_sensitive_values_or_iculos_bin(tmp_path):
