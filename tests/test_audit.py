@@ -11,10 +11,13 @@ from fusiondp.audit import (
     audit_once,
     audit_p_value,
     epsilon_lower_bound,
+    negative_control,
     plan_canaries,
     plant_canaries,
+    step_canary_audit,
 )
 from fusiondp.models import sepsis_mlp
+from fusiondp.privacy import epsilon_spent
 
 
 def test_p_value_is_the_binomial_tail_without_delta():
@@ -103,6 +106,7 @@ def test_correct_implementation_passes(task):
     assert audit["claimed_epsilon"] == rec["epsilon_zero_out"] <= 1.0
     assert audit["epsilon_lower"] <= audit["claimed_epsilon"]
     assert audit["public_state_differs"] == [] and audit["epsilon_lower_deterministic"] == 0.0
+    assert audit["step_audit"]["epsilon_lower"] <= audit["claimed_epsilon"]
     attack = audit["attribute_inference"]
     assert set(attack["columns"]) == set(sepsis.SENSITIVE)
     assert math.isfinite(attack["mean_advantage_train"]) and math.isfinite(attack["mean_member_gap"])
@@ -145,3 +149,35 @@ def test_audit_script_writes_records_and_table_and_reuses_them(sepsis_dir, tmp_p
     again = audit_sepsis.main(audit_sepsis.get_args_parser().parse_args(argv))
     assert len(out.read_text().splitlines()) == 2  # reused, not re-run
     assert again["table"] == first["table"]
+
+
+@pytest.mark.parametrize("control", [None, "no_noise", "no_clipping"])
+def test_step_canaries_pass_the_step_and_flag_missing_noise_or_clipping(control):
+    # q = 0.01, T = 400, sigma = 1: a claimed eps of about 1.1 (RDP) under zero-out.
+    setting = {"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 400}
+    claimed = epsilon_spent(**setting, delta=1e-5)
+    with negative_control(control):
+        audit = step_canary_audit(
+            **setting, max_grad_norm=1.0, claimed_epsilon=claimed, delta=1e-5, canaries=2000, guesses=400
+        )
+    if control is None:
+        assert audit["epsilon_lower"] <= claimed
+    else:  # (nearly) every guess right: the bound (about 4.9 at 400/400) is far above the claim
+        assert audit["correct"] >= 390 and audit["epsilon_lower"] > 2 * claimed
+
+
+def test_step_audit_script_prints_every_variant(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import audit_step
+
+    argv = ["--label", "toy", "--num_rows", "1000", "--batch_size", "10", "--epochs", "2", "--epsilons", "2",
+            "--seeds", "1", "--canaries", "400", "--guesses", "80"]  # fmt: skip
+    out = audit_step.main(audit_step.get_args_parser().parse_args(argv))
+    by_variant = {row["variant"]: row["results"][0] for row in out["rows"]}
+    assert set(by_variant) == {"correct", "no_noise", "no_clipping"}
+    assert by_variant["correct"]["epsilon_lower"] <= by_variant["correct"]["claimed_epsilon"]
+    assert by_variant["no_noise"]["correct"] == 80
+    assert out["table"].count("| toy | 2 |") == 3
