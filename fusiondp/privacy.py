@@ -311,9 +311,9 @@ def feature_epsilons(
     else:
         zero, zero_acct = replace, "pld (the zero-out change swaps one clipped gradient for another)"
     if zero > replace:
-        # A looser accountant (RDP at large ε) can bound zero-out above PLD's replace-one. Zero-out
-        # neighbours are replace-one neighbours too, so the larger number still bounds replace-one:
-        # report it rather than a replace-one ε below the zero-out one.
+        # A looser accountant (RDP at large ε) can bound zero-out above PLD's replace-one. PLD's number
+        # is a valid replace-one bound, so any larger number is one too; reporting the larger keeps
+        # replace-one ≥ zero-out, as the true values are (zero-out changes are replace-one changes).
         replace, replace_acct = zero, f"{zero_acct} (zero-out bound; pld gave {replace:.3f})"
     return {
         "epsilon_zero_out": zero,
