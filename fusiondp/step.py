@@ -12,7 +12,9 @@ Phases of one step, in order:
 
 Privacy contract: the original rows ``x_private`` enter only through phase 2, whose output is
 clipped per row (phase 3) before anything else touches it, and the noise of phase 4 is drawn for
-every step, including steps whose Poisson batch is empty.
+every step, including steps whose Poisson batch is empty. Phases 2-3 run on their own random
+stream, so not even the NUMBER of random draws they make (which can depend on original values,
+e.g. notes' lengths) reaches the public term.
 
 Models used here return ``(logits, representation)`` and accept inputs with leading
 ``(views, batch)`` dimensions; views of the same row must share their dropout masks (see
@@ -22,7 +24,8 @@ exactly zero private term, the condition for the zero-out sensitivity C.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -139,6 +142,24 @@ def add_noise(summed: Grads, *, std: float, generator: torch.Generator) -> Grads
     }
 
 
+@contextmanager
+def _own_random_stream(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Run the block on a forked global RNG, seeded by one draw from ``generator``.
+
+    Dropout inside the per-example private term draws from the global RNG, and how many numbers it
+    draws depends on the batch's padded width, which for notes depends on the ORIGINAL notes'
+    lengths. Forking keeps those draws from shifting the global stream that the noise-free public
+    term uses next; the seed costs exactly one draw of ``generator`` per step, whatever the data.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def private_gradient(
     model: nn.Module,
     x_private: Tensor,
@@ -152,14 +173,15 @@ def private_gradient(
     """g_priv = (Σ_i clip_C(∇L_i) + N(0, σ²C²)) / b for one Poisson batch (which may be empty)."""
     params = trainable_params(model)
     batch_size = x_private.shape[0]
-    if batch_size == 0:
-        summed = {k: torch.zeros_like(p) for k, p in params.items()}
-        norms = x_private.new_zeros(0)
-    else:
-        per_example = per_example_gradients(
-            model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
-        )
-        summed, norms = clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
+    with _own_random_stream(generator, x_private.device):
+        if batch_size == 0:
+            summed = {k: torch.zeros_like(p) for k, p in params.items()}
+            norms = x_private.new_zeros(0)
+        else:
+            per_example = per_example_gradients(
+                model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
+            )
+            summed, norms = clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
     noised = add_noise(summed, std=cfg.noise_multiplier * cfg.max_grad_norm, generator=generator)
     divisor = max(batch_size, 1) if cfg.divide_by_realised_batch else cfg.expected_batch_size
     return {k: g / divisor for k, g in noised.items()}, norms

@@ -98,6 +98,18 @@ def test_scrambled_original_notes_leave_public_modes_bit_for_bit(notes_dir, tmp_
     assert dp_a["test_micro_auc"] != dp_b["test_micro_auc"]  # the private term does read them
 
 
+def test_original_note_lengths_do_not_reach_the_public_path(notes_dir, tmp_path):
+    """Longer ORIGINAL notes (no truncation) widen the padded private batch, hence its dropout draws;
+    those draws must not shift the random stream of the noise-free public path (fusiondp, α = 0)."""
+    frames = make_note_frames()
+    frames["train"] = frames["train"].assign(TEXT=[t + " extra words" * 15 for t in frames["train"].TEXT])
+    longer = write_notes_dir(tmp_path / "longer", frames)
+    extra = ["--mode", "fusiondp", "--alpha", "0", "--max_len", "500", "--dropout", "0.5"]
+    a, b = mimic.main(_args(notes_dir, *extra)), mimic.main(_args(longer, *extra))
+    keys = [k for k in a if k.startswith(("val_", "test_"))]
+    assert [a[k] for k in keys] == [b[k] for k in keys]
+
+
 def test_bad_flags_are_refused(notes_dir):
     with pytest.raises(ValueError, match="--max_len must be >= 1"):
         mimic.main(_args(notes_dir, "--max_len", "0"))
