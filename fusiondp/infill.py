@@ -71,7 +71,7 @@ NEUTRAL = {
     "pronoun": {
         "he": "they",
         "she": "they",
-        "him": "their",
+        "him": "their",  # not "them": "her" (object or possessive) becomes "their", so "him" must too
         "her": "their",
         "his": "their",
         "hers": "their",

@@ -124,6 +124,18 @@ def per_relation(record: dict) -> dict:
     return {**eps, "accountant_zero_out": f"{eps['accountant_zero_out']} (recomputed)"}
 
 
+def protected(record: dict, sensitive: list[str]) -> str:
+    """What the feature-level guarantee covers: sensitive columns, or the sensitive spans of notes."""
+    if sensitive:
+        return "columns " + ", ".join(sensitive)
+    if record.get("model") == "CAML":
+        return (
+            "the sensitive spans of each note (zero-out: a note's spans replaced by their infills, i.e. "
+            "the hybrid note); span positions and types, found on the original notes, are treated as public"
+        )
+    return "not recorded"
+
+
 def report(record: dict) -> str:
     """The guarantee of one run, in words and numbers."""
     sensitive = record.get("sensitive_columns") or []
@@ -131,7 +143,7 @@ def report(record: dict) -> str:
         f"## {record.get('dataset', '?')} · {record['mode']} · seed {record.get('seed')} · target ε "
         f"{record.get('epsilon')} · commit {record.get('git_commit')}",
         "",
-        f"Protected columns: {', '.join(sensitive) if sensitive else 'not recorded'}.",
+        f"Protected: {protected(record, sensitive)}.",
         f"Guarantee: {record.get('guarantee', 'not recorded')}.",
     ]
     if record.get("sigma") is None:

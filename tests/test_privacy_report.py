@@ -36,7 +36,7 @@ def test_report_states_both_relations_and_what_is_outside(records, capsys):
     assert f"zero-out ({stored[0]['epsilon_zero_out']:.3f}, 1e-05) [rdp]" in fusion
     assert f"replace-one ({stored[0]['epsilon_replace_one']:.3f}, 1e-05) [pld]" in fusion
     assert "Guarantee holds: NO — outside it: C_h estimated from original sensitive values" in fusion
-    assert "Protected columns: Age, Gender, Unit1, Unit2, HospAdmTime, ICULOS." in fusion
+    assert "Protected: columns Age, Gender, Unit1, Unit2, HospAdmTime, ICULOS." in fusion
     assert f"σ = {stored[0]['sigma']:.4f}, q = b/N = {32 / 240:.5f}, T = {stored[0]['steps']} steps" in fusion
     assert "σ calibrated for: replace-one (accountant pld)" in calibrated
     assert "No DP noise" in hybrid and "Guarantee holds: yes." in hybrid

@@ -51,7 +51,9 @@ def calibrate_once():
 @pytest.fixture(scope="module")
 def notes_dir(tmp_path_factory):
     folder = write_notes_dir(tmp_path_factory.mktemp("notes"), make_note_frames())
-    (folder / "imputation_info.json").write_text(json.dumps({"lm": "tiny", "detector": "rules", "x": 1}))
+    (folder / "imputation_info.json").write_text(
+        json.dumps({"lm": "tiny", "detector": "rules", "x": 1, "span_counts": {"age": 3}})
+    )
     return folder
 
 
@@ -65,6 +67,7 @@ def test_every_text_mode_runs(notes_dir, tmp_path, mode):
         for metric in ("micro_f1", "macro_f1", "micro_precision", "macro_recall", "micro_auc", "macro_auc"):
             assert 0.0 <= record[f"{split}_{metric}"] <= 1.0
     assert record["imputation"] == {"lm": "tiny", "detector": "rules"}
+    assert "span_counts" not in json.dumps(record)  # counted on the original notes
     assert record["text"]["embeddings"] == "word2vec trained on hybrid notes"
     assert record["vocabulary_source"] == "hybrid training notes only"
     assert (record["sigma"] is not None) == (mode not in ("sgd_ori", "sgd_hybrid"))
