@@ -1,7 +1,7 @@
 r"""FusionDP on clinical notes: a CAML classifier trained on original and hybrid notes (multi-label).
 
 Reference command (MIMIC-III top-50 codes; the paper authors' README values are the defaults,
-δ = 1/N for N training notes unless --delta is given):
+except δ: see "δ" below):
 
     python train_fusiondp_mimic.py --dataset mimic --mode fusiondp --epochs 20 --batch_size 256 \
         --lr 0.2 --epsilon 5.0 --max_grad_norm 1.0 --alpha 0.5 --beta 0.5
@@ -14,9 +14,25 @@ Public stand-in (medical abstracts, 5 classes as one-hot multi-label), after
 Data: the files ``impute_mimic.py`` writes to ``--data_dir`` (default ``outputs/<dataset>``):
 ``<ds>_train.csv`` (original notes), ``<ds>_train_imputed.csv`` (the same notes, sensitive spans
 rewritten by a language model), ``<ds>_val.csv``, ``<ds>_test.csv`` (columns row_id, TEXT, LABELS)
-and ``imputation_info.json`` (its LM and detector go into the result record). The vocabulary, the
-word2vec embeddings and the label set come from the hybrid training notes and their labels only
-(see fusiondp/text_data.py); the support set is not used. The headline metric is micro F1.
+and ``imputation_info.json`` (its LM and detector go into the result record). The support set is
+not used. The headline metric is micro F1.
+
+Vocabulary, embeddings, labels (privacy contract, see fusiondp/text_data.py). Feature-level modes
+(naive_fusion, calibrated_fusion, fusiondp) and the SGD baselines take the vocabulary, word2vec
+embeddings and label set from the hybrid training notes and their labels, public there. Under
+sample-level DP (dpsgd, add/remove: a whole note, its hybrid copy and labels are private) nothing is
+fitted on any training note: ``--embeddings`` defaults to ``minilm`` (MiniLM's WordPiece tokenizer
+and its whole token table) or takes a pretrained vectors file (all its words), ``word2vec`` and
+``--min_count`` are refused, and the label set is a public list given by ``--labels_file``: for MIMIC
+caml-mimic's TOP_50_CODES.csv (required), for the stand-in the corpus's class list
+``$FUSIONDP_DATA/medical_abstracts/medical_tc_labels.csv`` by default. Training codes outside the
+list are ignored.
+
+δ. The default is δ = min(1e-5, 1/(10·N)) for N training notes, so δ·N ≤ 0.1: (ε, 1/N)-DP allows a
+mechanism that publishes each note whole with probability 1/N (about one note a run); δ·N ≤ 0.1 caps
+that at one note in ten runs.
+``--delta_one_over_n`` gives the reference's δ = 1/N (δ·N = 1); ``--delta`` sets it outright.
+Records state ``delta_times_n`` and ``delta_rule``.
 
 Deviation: the public (hybrid) batch defaults to 256 notes, not DESIGN.md's 4,096 rows of a table: a
 note costs hundreds of times a table row, and the authors' README does not set it.
@@ -33,13 +49,20 @@ import json
 from pathlib import Path
 
 from fusiondp.cli import add_training_args, run_main
+from fusiondp.data import data_root
 from fusiondp.models import CAML, multilabel_bce
-from fusiondp.text_data import load_note_splits, prepare_text
+from fusiondp.modes import get_mode
+from fusiondp.privacy import ADD_REMOVE
+from fusiondp.text_data import load_note_splits, prepare_text, read_label_list
 from fusiondp.train import run_experiment
 
 TEXT_MODES = ("sgd_ori", "sgd_hybrid", "dpsgd", "naive_fusion", "calibrated_fusion", "fusiondp")
 # Not "span_counts": counted on the ORIGINAL notes, a statistic the record must not carry.
 IMPUTATION_KEYS = ("detector", "detector_model", "lm", "lm_is_placeholder_baseline")
+# The default δ: at most this, and at most a tenth of 1/N (see resolve_delta).
+DELTA_CAP = 1e-5
+DELTA_TIMES_N_CAP = 0.1
+DEFAULT_DELTA_RULE = "min(1e-5, 1/(10 N)), so delta*N <= 0.1"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,9 +76,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     t = parser.add_argument_group("text model")
     t.add_argument(
         "--embeddings",
-        default="word2vec",
-        help="'word2vec' (trained on the hybrid notes, seeded), 'minilm' (all-MiniLM-L6-v2's token "
-        "table and WordPiece tokenizer, offline), or a file: .npy (+ <file>.vocab.txt), .kv, .bin, .txt, .vec",
+        default=None,
+        help="'word2vec' (trained on the hybrid notes, seeded; refused under dpsgd), 'minilm' "
+        "(all-MiniLM-L6-v2's token table and WordPiece tokenizer, offline), or a file: .npy "
+        "(+ <file>.vocab.txt), .kv, .bin, .txt, .vec (default: minilm for dpsgd, word2vec otherwise)",
+    )
+    t.add_argument(
+        "--labels_file",
+        type=Path,
+        default=None,
+        help="public label list fixed in advance, one label a line (first CSV field; a header line "
+        "is skipped), e.g. caml-mimic's TOP_50_CODES.csv. Required for --dataset mimic with dpsgd; "
+        "default for the stand-in under dpsgd: $FUSIONDP_DATA/medical_abstracts/medical_tc_labels.csv; "
+        "otherwise the labels of the hybrid training notes",
     )
     t.add_argument("--embedding_dim", type=int, default=100, help="word2vec vector size")
     t.add_argument(
@@ -77,7 +110,74 @@ def get_args_parser() -> argparse.ArgumentParser:
         beta=0.5,
         delta=None,
     )
+    parser.add_argument(
+        "--delta_one_over_n",
+        action="store_true",
+        help="reference delta = 1/N (delta*N = 1: allows releasing one whole note); default "
+        f"delta = {DEFAULT_DELTA_RULE}",
+    )
     return parser
+
+
+def is_sample_level(mode_name: str) -> bool:
+    """True for the modes that protect whole training notes (add/remove relation: dpsgd)."""
+    return get_mode(mode_name).relation == ADD_REMOVE
+
+
+def resolve_delta(*, delta: float | None, one_over_n: bool, num_rows: int) -> tuple[float, str]:
+    """δ and the rule that chose it, for N = ``num_rows`` training notes.
+
+    Default min(1e-5, 1/(10 N)), so δ·N ≤ 0.1: a mechanism that publishes each note whole with
+    probability δ is (0, δ)-DP, hence (ε, δ)-DP for every ε; at δ = 1/N it publishes about one note a
+    run, at the default at most 0.1 expected notes.
+    ``one_over_n`` is the reference's 1/N; an explicit ``delta`` wins (the record shows its δ·N).
+    """
+    if delta is not None and one_over_n:
+        raise ValueError(f"give either --delta {delta!r} or --delta_one_over_n, not both.")
+    if delta is not None:
+        if not 0 < delta < 1:
+            raise ValueError(f"--delta must be in (0, 1), got {delta!r}.")
+        return delta, "given (--delta)"
+    if one_over_n:
+        return 1.0 / num_rows, "reference: 1/N (--delta_one_over_n)"
+    return (
+        min(DELTA_CAP, DELTA_TIMES_N_CAP / num_rows),
+        f"default: {DEFAULT_DELTA_RULE}",
+    )
+
+
+def resolve_text_sources(args: argparse.Namespace) -> tuple[str, str, list[str] | None]:
+    """(embeddings, vocabulary, classes) for ``args.mode``; fills ``args.embeddings``/``labels_file``.
+
+    Sample-level modes get a public vocabulary and a public label list, never one fitted on training
+    notes; a choice that would fit on them is refused with the flag and value that asked for it.
+    """
+    sample_level = is_sample_level(args.mode)
+    if args.embeddings is None:
+        args.embeddings = "minilm" if sample_level else "word2vec"
+    if not sample_level:
+        classes = read_label_list(args.labels_file) if args.labels_file else None
+        return args.embeddings, "hybrid", classes
+    if args.embeddings == "word2vec":
+        raise ValueError(
+            f"--embeddings word2vec trains on the training notes, which --mode {args.mode} protects "
+            "whole (sample-level DP); use --embeddings minilm (the default) or a pretrained vectors file."
+        )
+    if args.min_count != 1:
+        raise ValueError(
+            f"--min_count {args.min_count} counts tokens in the training notes, which --mode "
+            f"{args.mode} protects whole; its vocabulary is the pretrained table's (drop the flag)."
+        )
+    if args.labels_file is None:
+        if args.dataset == "mimic":
+            raise ValueError(
+                f"--mode {args.mode} protects whole notes, labels included, so the label set must be "
+                "fixed in advance: pass --labels_file with a public code list, e.g. caml-mimic's "
+                "TOP_50_CODES.csv (one ICD-9 code a line)."
+            )
+        args.labels_file = data_root() / "medical_abstracts" / "medical_tc_labels.csv"
+    hint = "Pass --labels_file with the public label list (or set FUSIONDP_DATA for the stand-in's)."
+    return args.embeddings, "public", read_label_list(args.labels_file, hint=hint)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -89,18 +189,24 @@ def main(args: argparse.Namespace) -> dict:
     for name in ("max_len", "filters", "kernel_size", "embedding_dim", "min_count"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)!r}.")
+    embeddings, vocabulary, classes = resolve_text_sources(args)
     data_dir = args.data_dir or Path("outputs") / args.dataset
     frames = load_note_splits(data_dir, dataset=args.dataset)
     data = prepare_text(
         frames,
-        embeddings=args.embeddings,
+        embeddings=embeddings,
+        vocabulary=vocabulary,
+        classes=classes,
         max_len=args.max_len,
         min_count=args.min_count,
         dim=args.embedding_dim,
         seed=args.seed,
     )
-    if args.delta is None:
-        args.delta = 1.0 / data.num_rows
+    # Resolved into args before run_experiment, so the recorded settings (and --skip_existing)
+    # name the δ actually used.
+    args.delta, delta_rule = resolve_delta(
+        delta=args.delta, one_over_n=args.delta_one_over_n, num_rows=data.num_rows
+    )
     info_path = data_dir / "imputation_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
 
@@ -124,8 +230,17 @@ def main(args: argparse.Namespace) -> dict:
             "model": "CAML",
             "loss": "BCE-with-logits, mean over labels",
             "labels": data.classes,
+            "label_source": (
+                f"public list {args.labels_file}" if classes is not None else "hybrid training notes' labels"
+            ),
             "text": data.info,
-            "vocabulary_source": "hybrid training notes only",
+            "vocabulary_source": (
+                f"public: the pretrained table of --embeddings {embeddings}, no training note"
+                if vocabulary == "public"
+                else "hybrid training notes only"
+            ),
+            "delta_times_n": args.delta * data.num_rows,
+            "delta_rule": delta_rule,
             "imputation": {k: info.get(k) for k in IMPUTATION_KEYS if k in info}
             or "imputation_info.json missing",
         },

