@@ -14,9 +14,14 @@ test → test. MIMIC has no public support set: ``mimic_support.csv`` is written
 ``--mimic_support_rows K`` moves a seeded slice of K dev notes (original text, treated as public)
 out of val into support.
 
-Only the training notes are rewritten: spans are found (``--detector``), each span of an LM type is
-masked and ``--lm`` writes a replacement from the masked context (fusiondp/infill.py states the
-privacy contract), and sex, pronoun and ethnicity spans get value-independent neutral words.
+Only the training notes are rewritten. Spans are found (``--detector``), each occurrence judged in its
+own context (fusiondp/spans.py). Each span of an LM type is masked, and ``--lm`` writes a replacement
+from the masked context. Sex, pronoun and ethnicity spans get value-independent neutral words. The
+hybrid notes and imputation_info.json read no original span value: an infill equal to the original
+is kept, not flagged or counted (fusiondp/infill.py states the privacy contract).
+``--propagate_model_spans`` (off by default, recorded) masks every repeat of a string that the model
+detector found once. That masking depends on the value being a span elsewhere in the note, so it is
+outside the guarantee.
 ``--lm none`` puts type placeholders ([AGE], [DATE], ...) instead: a model-free baseline, labelled
 in imputation_info.json. Writes to --out_dir: ``<ds>_support.csv, <ds>_train.csv,
 <ds>_train_imputed.csv`` (row-aligned with train, TEXT = hybrid note), ``<ds>_val.csv, <ds>_test.csv``
@@ -68,6 +73,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detector", choices=DETECTORS, default="rules")
     parser.add_argument(
         "--detector_model", default=None, help="token-classification model (--detector hf/both)"
+    )
+    parser.add_argument(
+        "--propagate_model_spans",
+        action="store_true",
+        help="mask every repeat of a model-detected span's text (--detector hf/both). Masks the model's "
+        "misses of a name, but a masked repeat can reveal the value: outside the guarantee",
     )
     parser.add_argument(
         "--lm", default=SMOLLM2, help=f"'{SMOLLM2}' (offline wheel), any HF causal LM, or '{NO_LM}'"
@@ -179,7 +190,12 @@ def main(args: argparse.Namespace) -> dict:
     train = frames["train"]
     hf = HFSpanDetector(args.detector_model) if args.detector != "rules" and args.detector_model else None
     t0 = time.perf_counter()
-    spans = detect_spans(train["TEXT"].tolist(), detector=args.detector, hf_detector=hf)
+    spans = detect_spans(
+        train["TEXT"].tolist(),
+        detector=args.detector,
+        hf_detector=hf,
+        propagate_model_spans=args.propagate_model_spans,
+    )
     detect_seconds = time.perf_counter() - t0
     generate, lm_id = None, "none (type placeholders; a model-free baseline, not LM infill)"
     if args.lm != NO_LM:
@@ -234,6 +250,7 @@ def main(args: argparse.Namespace) -> dict:
         "max_rows": args.max_rows,
         "detector": args.detector,
         "detector_model": args.detector_model,
+        "propagate_model_spans": args.propagate_model_spans,
         "detect_seconds": round(detect_seconds, 2),
         "lm": lm_id,
         "lm_is_placeholder_baseline": generate is None,

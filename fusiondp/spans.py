@@ -14,8 +14,12 @@ non-overlapping. Types (``SPAN_TYPES``):
   sex words pointless. The cost is many spans in case reports (a pronoun can also refer to a
   clinician; we mask those too: a false positive loses a little text, a false negative leaks).
 - ``ethnicity``: Caucasian, Hispanic, Latino/Latina, African American, Asian, Native American,
-  Pacific Islander, and "white"/"black" only before a person word ("white male", "black women"),
-  because "white blood cells" and "black stools" are clinical, not demographic.
+  Pacific Islander; the nouns "whites"/"blacks"; and the adjectives "white"/"black" only in a
+  demographic context: before a person or group word ("white male", "black women", "black
+  population", "white race"), also across "non-Hispanic", a parenthesised word or a coordination
+  ("white non-Hispanic Americans", "black (Zulu) patients", "black and white recipients"). "White
+  blood cells", "black stools", "white matter", "White class" and "Wolff-Parkinson-White" are
+  clinical, not demographic, and stay public text.
 - ``date``: 3/14/1989, 14-03-89, 1989-03-14, March 14, 1989, Mar. 14 1989, 14 March 1989,
   March 1989, March 14 (capitalised month names only: "may" is a verb). Bare years are not dates
   here: HIPAA's Safe Harbor rule keeps years, and abstracts cite study years constantly.
@@ -23,15 +27,25 @@ non-overlapping. Types (``SPAN_TYPES``):
 - ``record``: a record/MRN/ID keyword followed by a number: "MRN: 1234567", "Medical Record
   Number 12-34-56", "Unit No: 98765", "patient ID 4433".
 
-Every other whole-word, case-insensitive occurrence of a detected span's text in the same note is
-also a span (``propagate=True``, the default): if "Smith" is found once, it is masked everywhere,
-so the text left between spans never repeats a detected span string.
+Privacy contract of the detector: whether an occurrence is a span is decided from the text around
+that occurrence only, by the same rules in every note. It never depends on whether the same string is
+a span elsewhere in the note. That is why rule spans are never propagated. The rules already judge
+every occurrence of a string. Propagating a rule span could only add an occurrence that the rules
+judged non-sensitive in its own context, and the hybrid would then reveal the value. Example: a
+detected "white man" would turn "white blood cell" into "[ETHNICITY] blood cell". Span locations and
+types are public (docs/privacy.md); a span's value must not be readable from them.
+
+:func:`propagate` (every other whole-word occurrence of a span's text is masked as well) is applied only
+to spans found by a model detector, and only on request (``propagate_model_spans=True``). It masks the
+model's misses of a name it found once. But it masks a word BECAUSE its value is a span elsewhere in
+the note, so the location of a propagated span can reveal that value ("[NAME] stools" if the name is
+"Black"). That is outside the guarantee, and ``impute_mimic.py`` records the choice.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,7 +60,15 @@ _DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
 _YEAR = r"(?:1[89]\d\d|2[01]\d\d)"
 _PERSON = (
     r"(?:m[ae]n|wom[ae]n|males?|females?|patients?|subjects?|individuals?|persons?|people|child(?:ren)?"
-    r"|boys?|girls?|adults?|americans?|adolescents?|infants?|volunteers?|participants?)"
+    r"|boys?|girls?|adults?|americans?|adolescents?|infants?|volunteers?|participants?"
+    r"|populations?|communit(?:y|ies)|races?|ethnicity|recipients?|donors?|cohorts?|residents?)"
+)
+_ETHNIC_WORD = r"(?:white|black|(?:non-?)?hispanic|caucasian|asian|latin[oa])s?"
+# What must follow "white"/"black" for it to be an ethnicity. It is read at each occurrence, so the
+# decision is the same in every note: an optional coordination ("black and [three] white"), an optional
+# "non-Hispanic" or parenthesised word ("black (Zulu) patients"), then a person or group word.
+_ETHNIC_CONTEXT = (
+    rf"(?:\s+(?:and|or)\s+(?:\w+\s+)?{_ETHNIC_WORD})?(?:\s+(?:(?:non-?)?hispanic|\(\w+\)))?\s+{_PERSON}\b"
 )
 _I = re.IGNORECASE
 
@@ -91,7 +113,8 @@ RULES: list[tuple[str, re.Pattern]] = [
         re.compile(
             r"\b(?:(?:non-?)?caucasians?|(?:non-?)?hispanics?|latin[oa]s?|african[-\s]americans?"
             r"|asian(?:[-\s]americans?|s)?|native\s+americans?|pacific\s+islanders?"
-            rf"|(?:white|black)s?(?=\s+{_PERSON}\b))\b",
+            r"|(?<!egg\s)(?:white|black)s(?!\s+of\s+the\s+eyes?\b)"  # the nouns, not egg whites
+            rf"|(?:white|black)s?(?={_ETHNIC_CONTEXT}))\b",
             _I,
         ),
     ),
@@ -142,7 +165,12 @@ def rule_spans(note: str) -> list[Span]:
 
 
 def propagate(note: str, spans: Sequence[Span]) -> list[Span]:
-    """Add every other whole-word occurrence of each span's text as a span of the same type."""
+    """Add every other whole-word occurrence of each span's text as a span of the same type.
+
+    Privacy: an added span exists because its value is a span elsewhere in the note. Its location can
+    therefore reveal that value, so :func:`detect_spans` applies this only to model spans and only on
+    request, never to rule spans (see the module docstring).
+    """
     candidates = [(s.start, s.end, 0, s.type) for s in spans]
     seen = set()
     for s in spans:
@@ -214,13 +242,18 @@ def detect_spans(
     notes: Sequence[str],
     *,
     detector: str = "rules",
-    hf_detector: HFSpanDetector | None = None,
-    propagate_spans: bool = True,
+    hf_detector: Callable[[Sequence[str]], list[list[Span]]] | None = None,
+    propagate_model_spans: bool = False,
 ) -> list[list[Span]]:
     """Sorted, non-overlapping sensitive spans of each note.
 
     ``detector``: ``rules`` (the regexes above), ``hf`` (``hf_detector`` only) or ``both`` (their
-    union; where they overlap the earlier and longer span wins).
+    union; where they overlap the earlier and longer span wins). ``hf_detector`` is an
+    :class:`HFSpanDetector` or any callable with its signature.
+
+    Privacy: each occurrence is judged from its own context; rule spans are never propagated.
+    ``propagate_model_spans=True`` masks every occurrence of a model span's text. That masking
+    depends on the value occurring as a span elsewhere, which is outside the guarantee (module docstring).
     """
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector {detector!r}; choose one of {DETECTORS}.")
@@ -229,8 +262,8 @@ def detect_spans(
     model_spans = hf_detector(notes) if detector != "rules" else [[] for _ in notes]
     out = []
     for note, from_model in zip(notes, model_spans, strict=True):
-        found = list(from_model)
+        found = propagate(note, from_model) if propagate_model_spans else list(from_model)
         if detector != "hf":
             found = _resolve([(s.start, s.end, 0, s.type) for s in [*found, *rule_spans(note)]])
-        out.append(propagate(note, found) if propagate_spans else found)
+        out.append(found)
     return out

@@ -19,15 +19,29 @@ ABSTRACTS = [
 ]
 
 
-def abstracts_dir(tmp_path, n=40):
+# ABSTRACTS with every sensitive span's value changed (same type, other value); public text unchanged
+# ("{n} women" and "{n} patients" are counts, not ages).
+SCRAMBLED = [
+    "A {age}-year-old woman with chest pain was admitted on May {day}, 1990. She had no fever.",
+    "We studied {n} men; the youngest was a 9 yo boy. Serum levels rose in his.",
+    "Renal function in {n} patients with stable angina was unchanged after treatment.",
+    "Hispanic subjects (age {age}) were followed until July 1992 and their blood tested.",
+]
+
+
+def abstracts_dir(tmp_path, n=40, *, scrambled=False):
     rows = [
         {
             "condition_label": i % 5 + 1,
-            "medical_abstract": ABSTRACTS[i % 4].format(age=30 + i, day=i % 28 + 1),
+            "medical_abstract": (
+                SCRAMBLED[i % 4].format(age=70 + i, n=30 + i, day=(i + 5) % 28 + 1)
+                if scrambled
+                else ABSTRACTS[i % 4].format(age=30 + i, day=i % 28 + 1)
+            ),
         }
         for i in range(n)
     ]
-    folder = tmp_path / "medical_abstracts"
+    folder = tmp_path / ("scrambled" if scrambled else "medical_abstracts")
     folder.mkdir()
     pd.DataFrame(rows).to_csv(folder / "medical_tc_test.csv", index=False)
     return folder
@@ -37,7 +51,12 @@ def run(*argv):
     return impute_mimic.main(impute_mimic.get_args_parser().parse_args([*argv, "--no_progress"]))
 
 
-def check_contract(out, ds):
+def check_contract(out, ds, *, placeholders=False):
+    """Row-aligned splits; each hybrid is its note with every span replaced, public text copied exactly.
+
+    ``placeholders``: no LM ran, so no span's original text may survive (a property of these test notes:
+    with an LM, a guess equal to the original is kept, since it is a function of public text).
+    """
     frames = {s: pd.read_csv(out / f"{ds}_{s}.csv", dtype={"LABELS": str}) for s in
               ("support", "train", "train_imputed", "val", "test")}  # fmt: skip
     for frame in frames.values():
@@ -45,8 +64,19 @@ def check_contract(out, ds):
     train, hybrid = frames["train"], frames["train_imputed"]
     assert (train["row_id"] == hybrid["row_id"]).all() and (train["LABELS"] == hybrid["LABELS"]).all()
     spans = detect_spans(train["TEXT"].tolist())
-    for note, note_spans, text in zip(train["TEXT"], spans, hybrid["TEXT"], strict=True):
-        assert_no_original(note, note_spans, text)
+    table = pd.read_csv(out / "spans.csv", keep_default_na=False)
+    for rid, note, note_spans, text in zip(
+        train["row_id"], train["TEXT"], spans, hybrid["TEXT"], strict=True
+    ):
+        rows = table[table["row_id"] == rid].sort_values("start")
+        assert list(zip(rows["start"], rows["end"], strict=True)) == [(s.start, s.end) for s in note_spans]
+        rebuilt, pos = [], 0
+        for s, rep in zip(note_spans, rows["replacement"], strict=True):
+            rebuilt += [note[pos : s.start], str(rep)]
+            pos = s.end
+        assert "".join([*rebuilt, note[pos:]]) == text
+        if placeholders:
+            assert_no_original(note, note_spans, text)
     return frames
 
 
@@ -54,7 +84,7 @@ def test_stand_in_end_to_end_without_lm(tmp_path):
     out = tmp_path / "out"
     info = run("--dataset", "medical_abstracts", "--data_dir", str(abstracts_dir(tmp_path)), "--out_dir",
                str(out), "--lm", "none")  # fmt: skip
-    frames = check_contract(out, "medical_abstracts")
+    frames = check_contract(out, "medical_abstracts", placeholders=True)
     assert info["splits"] == {"support": 4, "train": 28, "val": 4, "test": 4}
     ids = [set(frames[s]["row_id"]) for s in ("support", "train", "val", "test")]
     assert sum(map(len, ids)) == len(set().union(*ids)) == 40  # disjoint, complete
@@ -82,6 +112,52 @@ def test_stand_in_with_a_transformers_lm_folder_and_its_cache(tmp_path):
     assert run(*argv)["lm_prompts_generated"] == 0  # resumed from <out_dir>/cache
 
 
+class GuessingInfiller:
+    """A stand-in for CausalLMInfiller: a fixed guess per span type, read from the prompt alone.
+
+    Its age guess "6 yo" and date guess "June 1991" equal original spans of the ABSTRACTS notes.
+    """
+
+    def __init__(self, *, cache_path, **_settings) -> None:
+        self.cache_path, self.generated, self.seconds = cache_path, 0, 0.0
+
+    def settings(self) -> dict:
+        return {"max_new_tokens": 10, "temperature": 0.0}
+
+    def __call__(self, prompts):
+        self.generated += len(prompts)
+        self.seconds += 1e-3
+        return [
+            " 6 yo" if "short age" in p else " June 1991" if "short date" in p else " Jones" for p in prompts
+        ]
+
+
+def test_hybrids_and_imputation_info_do_not_depend_on_original_span_values(tmp_path, monkeypatch):
+    """Red-team item: scramble every span's value; the hybrid notes and the recorded info stay the same.
+
+    The LM guess equals the original in some notes ("6 yo", "June 1991"): it is kept, and no count of
+    such coincidences (a function of the original values) reaches imputation_info.json.
+    """
+    monkeypatch.setattr(impute_mimic, "load_causal_lm", lambda name, **_kw: (None, None, f"fake {name}"))
+    monkeypatch.setattr(impute_mimic, "CausalLMInfiller", GuessingInfiller)
+    runs = {}
+    for scrambled in (False, True):
+        out = tmp_path / f"out_{scrambled}"
+        info = run("--data_dir", str(abstracts_dir(tmp_path, scrambled=scrambled)), "--out_dir", str(out),
+                   "--lm", "guess")  # fmt: skip
+        check_contract(out, "medical_abstracts")
+        hybrid = pd.read_csv(out / "medical_abstracts_train_imputed.csv")
+        recorded = json.loads((out / "imputation_info.json").read_text())
+        assert recorded["replaced_by_lm"] == info["lm_spans"] > 0  # every guess kept
+        timing = ("source", "detect_seconds", "seconds", "lm_spans_per_second")
+        runs[scrambled] = (hybrid, {k: v for k, v in recorded.items() if k not in timing})
+    original, scrambled = runs[False], runs[True]
+    pd.testing.assert_frame_equal(original[0], scrambled[0])
+    assert original[1] == scrambled[1]
+    texts = " ".join(original[0]["TEXT"])
+    assert "6 yo" in texts and "June 1991" in texts and "[AGE]" not in texts
+
+
 def caml(tmp_path, name, rows, columns=("HADM_ID", "TEXT", "LABELS")):
     path = tmp_path / name
     pd.DataFrame(rows, columns=list(columns)).to_csv(path, index=False)
@@ -101,7 +177,7 @@ def test_mimic_caml_files_end_to_end(tmp_path):
     info = run("--dataset", "mimic", "--train_csv", str(paths["train"]), "--dev_csv", str(paths["dev"]),
                "--test_csv", str(paths["test"]), "--out_dir", str(out), "--lm", "none",
                "--mimic_support_rows", "1")  # fmt: skip
-    frames = check_contract(out, "mimic")
+    frames = check_contract(out, "mimic", placeholders=True)
     assert info["splits"] == {"support": 1, "train": 3, "val": 2, "test": 3}
     assert list(frames["train"]["row_id"]) == [101, 102, 103]
     assert list(frames["train"]["LABELS"]) == ["428.0;401.9", "038.9", "486;401.9"]

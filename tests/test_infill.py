@@ -1,4 +1,4 @@
-"""LM infill: prompts hold public text only, the no-original-span guarantee, caching, a tiny real LM."""
+"""LM infill: prompts and hybrids read no original span value (scrambling tests), caching, a tiny real LM."""
 
 from __future__ import annotations
 
@@ -17,10 +17,8 @@ from fusiondp.infill import (
     CausalLMInfiller,
     build_prompt,
     clean_completion,
-    enforce_no_original,
     infill_notes,
     neutral_replacement,
-    original_matches,
     placeholder,
 )
 from fusiondp.spans import SPAN_TYPES, Span, detect_spans
@@ -33,6 +31,69 @@ COLLIDING = ["women", "he", "65 years of age", "December 1989", "white", "male",
 def colliding_generator(prompts):
     """A fast deterministic stand-in for the LM whose answers often equal some original span."""
     return [f" {COLLIDING[i % len(COLLIDING)]}\nText:" for i in range(len(prompts))]
+
+
+def oracle_generator(notes, spans, neutral_types):
+    """The strongest guesser of public context: for each masked context, its original span's text.
+
+    A fixed table from prompt to answer, so every answer is a function of its prompt alone, as an LM's
+    is; built from the original notes, so it "guesses" every original exactly (the first one where
+    two spans share a masked context).
+    """
+    log: list[str] = []
+    infill_notes(
+        notes, spans, generate=lambda ps: [""] * len(ps), neutral_types=neutral_types, prompt_log=log
+    )
+    originals = [
+        s.text(n) for n, ss in zip(notes, spans, strict=True) for s in ss if s.type not in neutral_types
+    ]
+    table: dict[str, str] = {}
+    for prompt, text in zip(log, originals, strict=True):
+        table.setdefault(prompt, text)
+    return lambda prompts: [f" {table.get(p, 'none')}\nText:" for p in prompts]
+
+
+# Another value of the same attribute for the value-only span types (first letter's case is kept).
+SWAP = {
+    "man": "woman", "woman": "man", "men": "women", "women": "men", "male": "female", "female": "male",
+    "males": "females", "females": "males", "boy": "girl", "girl": "boy", "boys": "girls", "girls": "boys",
+    "gentleman": "lady", "lady": "gentleman", "gentlemen": "ladies", "ladies": "gentlemen",
+    "he": "she", "she": "he", "him": "her", "her": "his", "his": "her", "hers": "his",
+    "himself": "herself", "herself": "himself", "white": "black", "black": "white", "whites": "blacks",
+    "blacks": "whites", "caucasian": "hispanic",
+}  # fmt: skip
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]  # fmt: skip
+
+
+def other_value(text: str, kind: str) -> str:
+    """A different value of the same type: sex, pronoun, ethnicity swapped; digits and months rotated."""
+    if text.lower() in SWAP:
+        new = SWAP[text.lower()]
+        return new[0].upper() + new[1:] if text[:1].isupper() else new
+    if kind == "ethnicity":
+        return "Caucasian"
+    if kind == "sex":  # "Sex: M" / "Sex: F"
+        return text[:-1] + {"M": "F", "F": "M", "m": "f", "f": "m"}[text[-1]]
+    new = re.sub(r"\d", lambda m: str((int(m.group()) + 3) % 10), text)
+    new = re.sub("|".join(MONTHS), lambda m: MONTHS[(MONTHS.index(m.group()) + 5) % 12], new)
+    return new if new.lower() != text.lower() else text + "x"
+
+
+def scramble(note: str, spans) -> tuple[str, list[Span]]:
+    """The note with every span's value replaced by another value of its type; the spans moved along.
+
+    Span locations and types stay (docs/privacy.md names them as outside the guarantee); only values change.
+    """
+    pieces, out, pos, shift = [], [], 0, 0
+    for s in spans:
+        new = other_value(s.text(note), s.type)
+        assert new.lower() != s.text(note).lower(), s
+        pieces += [note[pos : s.start], new]
+        out.append(Span(s.start + shift, s.start + shift + len(new), s.type))
+        shift += len(new) - (s.end - s.start)
+        pos = s.end
+    return "".join([*pieces, note[pos:]]), out
 
 
 def context_part(prompt: str) -> str:
@@ -56,24 +117,60 @@ def corpus():
 
 
 @pytest.mark.parametrize("neutral_types", [("sex", "pronoun", "ethnicity"), ()])
-def test_whole_corpus_hybrids_hold_no_original_span(corpus, neutral_types):
+def test_whole_corpus_hybrids_do_not_depend_on_the_original_span_values(corpus, neutral_types):
+    """Red-team item: scramble every original span's value (same type, other value), keep locations.
+
+    The prompts and the hybrid notes of all 2,888 abstracts must be identical: nothing in them may read
+    an original value. In particular an LM guess that happens to equal the original is kept (it is a
+    function of the masked public context); swapping it for a placeholder would flag the coincidence.
+    """
     notes, spans = corpus
     assert len(notes) == 2888 and sum(map(len, spans)) > 1500
-    log: list[str] = []
+    scrambled = [scramble(note, note_spans) for note, note_spans in zip(notes, spans, strict=True)]
+    logs: dict[str, list[str]] = {"original": [], "scrambled": []}
+    guess = oracle_generator(notes, spans, neutral_types)
     result = infill_notes(
-        notes, spans, generate=colliding_generator, neutral_types=neutral_types, prompt_log=log
+        notes,
+        spans,
+        generate=guess,
+        neutral_types=neutral_types,
+        prompt_log=logs["original"],
     )
-    for note, note_spans, hybrid in zip(notes, spans, result.hybrids, strict=True):
-        assert original_matches(note, note_spans, hybrid) == []
-        assert_no_original(note, note_spans, hybrid)
-    # The check really fired, and forced only what collided: most LM answers survive.
-    forced = sum(v.get("contains_original", 0) for v in result.fallbacks.values())
-    assert 0 < forced < result.lm_spans
-    # Prompts: one per LM-type span, in (note, span) order, none holding an original span.
+    other = infill_notes(
+        [n for n, _ in scrambled],
+        [s for _, s in scrambled],
+        generate=guess,
+        neutral_types=neutral_types,
+        prompt_log=logs["scrambled"],
+    )
+    assert logs["original"] == logs["scrambled"]
+    assert result.hybrids == other.hybrids and result.sources == other.sources
+    assert result.summary() == {**other.summary(), "seconds": result.summary()["seconds"]}
+    # The test has teeth: most LM guesses equal their own original span, and they are kept as they are.
+    kept_equal = sum(
+        rep == s.text(note) and s.type not in neutral_types
+        for note, note_spans, reps in zip(notes, spans, result.replacements, strict=True)
+        for s, rep in zip(note_spans, reps, strict=True)
+    )
+    assert kept_equal > result.lm_spans / 2
+    # Prompts: one per LM-type span, in (note, span) order (equal under scrambling: no original value).
     jobs = [(i, s) for i, ss in enumerate(spans) for s in ss if s.type not in neutral_types]
-    assert len(log) == len(jobs) == result.lm_spans
-    for prompt, (i, _span) in zip(log, jobs, strict=True):
-        assert_no_original(notes[i], spans[i], context_part(prompt))
+    assert len(logs["original"]) == len(jobs) == result.lm_spans
+
+
+def test_a_guess_equal_to_the_original_is_kept():
+    """The LM's guess is a seeded function of the masked context: kept even when it is the original."""
+    notes = [
+        "A 45-year-old man was admitted on March 3, 1989 with chest pain.",
+        "A 62-year-old woman was admitted on May 20, 1990 with chest pain.",
+    ]
+
+    def guess(prompts):  # the same answer for the same masked context, whatever the original was
+        return [" 45-year-old" if "short age" in p else " March 3, 1989" for p in prompts]
+
+    result = infill_notes(notes, detect_spans(notes), generate=guess)
+    assert result.hybrids == ["A 45-year-old person was admitted on March 3, 1989 with chest pain."] * 2
+    assert result.sources == [["lm", "neutral", "lm"]] * 2 and result.fallbacks == {}
 
 
 def test_neutral_words_and_prompts_do_not_depend_on_the_original_values():
@@ -106,19 +203,24 @@ def test_prompt_masks_every_span_and_cuts_at_word_boundaries():
     prompt = build_prompt(note, spans, 0, fill=fill, left_chars=12, right_chars=25)
     assert context_part(prompt) == "here. A [MASK] person seen [DATE] with\nAnswer:"
     assert prompt.startswith("Fill in [MASK] with a short age.")
-    # A span cut by the window edge is dropped whole, never shown in part.
+    # A replacement cut by the window edge is dropped whole, never shown in part.
     cut = build_prompt(note, spans, 1, fill=fill, left_chars=25, right_chars=9)
-    assert "3/4" not in cut and "1990" not in cut
+    assert context_part(cut) == "words here. A [AGE] [MASK] seen\nAnswer:"
+    assert "3/4" not in cut and "1990" not in cut and "[DA" not in cut
 
 
-def test_enforce_replaces_colliding_infill_and_is_whole_word():
-    note = "The male patient; he was seen. Then another he."
-    spans = [Span(4, 8, "sex"), Span(18, 20, "pronoun"), Span(44, 46, "pronoun")]
-    hybrid, reps, forced = enforce_no_original(note, spans, ["Male", "she", "the"])
-    assert reps == ["[SEX]", "she", "the"] and forced == [0]
-    assert hybrid == "The [SEX] patient; she was seen. Then another the."  # "he" is not a word of "the"/"she"
-    with pytest.raises(RuntimeError, match="still contains the original span 'he'"):
-        enforce_no_original(note, spans[:2], ["[SEX]", "she"])  # an undetected "he" is left in public text
+def test_prompt_window_does_not_depend_on_the_length_of_other_original_spans():
+    """The context window is counted on the masked note: a long original date does not push text out."""
+    notes = [
+        "Seen on September 14, 1989 and then a 45-year-old man.",
+        "Seen on May 1, 1990 and then a 45-year-old man.",
+    ]
+    prompts = []
+    for note in notes:
+        spans = detect_spans([note])[0]
+        fill = {0: "[DATE]", 1: "[AGE]", 2: "person"}
+        prompts.append(context_part(build_prompt(note, spans, 1, fill=fill, left_chars=30, right_chars=20)))
+    assert prompts[0] == prompts[1] == "Seen on [DATE] and then a [MASK] person.\nAnswer:"
 
 
 @pytest.mark.parametrize(
@@ -207,8 +309,10 @@ def test_infill_pipeline_end_to_end_with_a_tiny_llama(tiny_lm, tmp_path):
     log: list[str] = []
     result = infill_notes(NOTES, spans, generate=first, prompt_log=log)
     assert first.generated == len(set(log)) == result.lm_spans == 7
-    for note, note_spans, hybrid in zip(NOTES, spans, result.hybrids, strict=True):
-        assert_no_original(note, note_spans, hybrid)
+    # Every original value scrambled: the same prompts (all read from the cache), the same hybrids.
+    scrambled = [scramble(note, note_spans) for note, note_spans in zip(NOTES, spans, strict=True)]
+    other = infill_notes([n for n, _ in scrambled], [s for _, s in scrambled], generate=first)
+    assert other.hybrids == result.hybrids and first.generated == 7
     summary = result.summary()
     assert summary["spans"] == sum(map(len, spans)) and summary["lm_spans"] == 7
     assert summary["replaced_by_lm"] + sum(sum(v.values()) for v in result.fallbacks.values()) >= 7
@@ -250,6 +354,8 @@ def test_real_smollm2_on_three_notes():
     infiller = CausalLMInfiller(model=model, tokenizer=tok, model_id=model_id, progress=False)
     spans = detect_spans(NOTES)
     result = infill_notes(NOTES, spans, generate=infiller)
-    for note, note_spans, hybrid in zip(NOTES, spans, result.hybrids, strict=True):
-        assert_no_original(note, note_spans, hybrid)
     assert result.summary()["replaced_by_lm"] >= 4  # the real model answers most prompts usably
+    generated = infiller.generated
+    scrambled = [scramble(note, note_spans) for note, note_spans in zip(NOTES, spans, strict=True)]
+    other = infill_notes([n for n, _ in scrambled], [s for _, s in scrambled], generate=infiller)
+    assert other.hybrids == result.hybrids and infiller.generated == generated  # same prompts, same guesses

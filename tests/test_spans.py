@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -65,15 +66,118 @@ def test_clinical_words_are_not_spans(note):
     assert found(note) == []
 
 
-def test_spans_are_sorted_and_non_overlapping_and_propagated():
+def test_spans_are_sorted_and_non_overlapping():
     note = "A 45-year-old man. The 45-Year-Old had fever; the man recovered and his mother visited him."
     spans = detect_spans([note])[0]
     assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
+    # Every repeat is found by the rules themselves, each occurrence judged in its own context.
     assert [s.text(note) for s in spans] == ["45-year-old", "man", "45-Year-Old", "man", "his", "him"]
-    # Propagation masks every whole-word repeat of a detected string, case-insensitively.
+    # propagate() masks every whole-word repeat of a span's string, case-insensitively.
     name = Span(0, 5, "deid")
     out = propagate("Smith saw SMITH and Smithers.", [name])
     assert [(s.start, s.end) for s in out] == [(0, 5), (10, 15)]  # not inside "Smithers"
+
+
+COLOUR_NOTES = {
+    "white": "A 50-year-old white man had a white blood cell count of 12,000 and black stools.",
+    "black": "A 50-year-old black man had a white blood cell count of 12,000 and black stools.",
+    "none": "A 50-year-old man had a white blood cell count of 12,000 and black stools.",
+}
+
+
+def test_masking_of_a_colour_word_does_not_depend_on_an_ethnicity_span_elsewhere():
+    """Red-team item: a detected "white man" must not turn "white blood cell" into "[ETHNICITY] blood cell".
+
+    The three notes differ only in the ethnicity before "man"; what follows it must be masked identically
+    (here: not at all, since "white"/"black" before a clinical word is no ethnicity).
+    """
+    tails = {}
+    for name, note in COLOUR_NOTES.items():
+        cut = note.index(" had ")
+        spans = detect_spans([note])[0]
+        tails[name] = [(s.start - cut, s.end - cut, s.type) for s in spans if s.start >= cut]
+    assert tails["white"] == tails["black"] == tails["none"] == []
+    heads = {
+        name: [(s.type, s.text(note)) for s in detect_spans([note])[0]] for name, note in COLOUR_NOTES.items()
+    }
+    assert heads["white"] == [("age", "50-year-old"), ("ethnicity", "white"), ("sex", "man")]
+    assert heads["black"] == [("age", "50-year-old"), ("ethnicity", "black"), ("sex", "man")]
+
+
+def test_rule_spans_are_never_propagated_and_model_spans_only_on_request():
+    """Propagation masks a word because its value is a span elsewhere: only for model spans, opt-in."""
+    note = COLOUR_NOTES["white"] + " Smith came back; smith left."
+
+    def model(notes):  # a stand-in model detector that finds the first "Smith" only
+        return [[Span(n.index("Smith"), n.index("Smith") + 5, "name")] for n in notes]
+
+    for kwargs in ({}, {"propagate_model_spans": True}):
+        spans = detect_spans([note], detector="both", hf_detector=model, **kwargs)[0]
+        # No span between "man" and "Smith": "white blood cell" and "black stools" stay public text.
+        assert [s.text(note) for s in spans] == ["50-year-old", "white", "man", "Smith"] + (
+            ["smith"] * bool(kwargs)
+        )
+
+
+@pytest.mark.parametrize(
+    ("note", "expected"),
+    [
+        ("Cancer in a black population and among blacks and whites.", ["black", "blacks", "whites"]),
+        ("Organs donated by white non-Hispanic Americans than either black or Hispanic Americans.",
+         ["white", "non-Hispanic", "black", "Hispanic"]),
+        ("Affecting black and white recipients and the black and white Hispanic population.",
+         ["black", "white", "black", "white", "Hispanic"]),
+        ("Myelopathy in black (Zulu) patients; five black and three white women.", ["black", "black", "white"]),
+        ("Communities with large black populations; the white race; a white cohort.", ["black", "white", "white"]),
+    ],
+)  # fmt: skip
+def test_white_and_black_as_ethnicity_in_their_own_context(note, expected):
+    assert [s.text(note) for s in detect_spans([note])[0] if s.type == "ethnicity"] == expected
+
+
+@pytest.mark.parametrize(
+    "note",
+    [
+        "88 White classes B-C; advanced White class; Wolff-Parkinson-White syndrome.",
+        "Rats were injected with carbon black and killed; a drum of black and white vertical stripes.",
+        "White mice and white rabbits; white matter; a red and white flash; egg whites.",
+    ],
+)
+def test_clinical_colour_words_stay_public(note):
+    assert found(note) == []
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    from fusiondp.data import data_root
+
+    path = data_root() / "medical_abstracts" / "medical_tc_test.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (set FUSIONDP_DATA)")
+    import pandas as pd
+
+    return pd.read_csv(path)["medical_abstract"].astype(str).tolist()
+
+
+def test_every_span_is_decided_by_its_own_context_over_the_corpus(corpus):
+    """Over all 2,888 stand-in abstracts, every span is found again from 60 characters around it.
+
+    So no span exists because its value occurs as a span elsewhere in the note (the propagation hole:
+    5 abstracts had "black population" masked only because "black men" occurred elsewhere), and a
+    context-conditional word ("white"/"black") is masked only where its own context makes it an
+    ethnicity, the same way in every note.
+    """
+    margin, spans = 60, detect_spans(corpus)
+    assert sum(map(len, spans)) > 1500
+    for note, note_spans in zip(corpus, spans, strict=True):
+        for s in note_spans:
+            lo = max(0, s.start - margin)
+            local = detect_spans([note[lo : s.end + margin]])[0]
+            assert Span(s.start - lo, s.end - lo, s.type) in local, (s, note[lo : s.end + margin])
+            if s.text(note).lower().rstrip("s") in ("white", "black"):
+                assert not re.match(
+                    r"\s+(?:blood|matter|stools?|cells?|mice|rabbits?)\b", note[s.end :], re.I
+                )
 
 
 def test_overlapping_rules_keep_the_longest_earliest_match():
@@ -128,12 +232,12 @@ def test_hf_detector_runs_the_token_classification_pipeline(tiny_token_classifie
 
     detector = HFSpanDetector(tiny_token_classifier)
     notes = ["Seen on the ward today", "A 45-year-old woman"]
-    by_model = detect_spans(notes, detector="hf", hf_detector=detector, propagate_spans=False)
+    by_model = detect_spans(notes, detector="hf", hf_detector=detector)
     assert [s.text(notes[0]) for s in by_model[0]] == ["Seen", "on", "the", "ward", "today"]
     assert {s.type for spans in by_model for s in spans} == {"date"}
     # A note longer than the model's 64-token window is read whole (striding), not truncated.
     long_note = " ".join(f"word{i}" for i in range(150)) + " finalword"
-    (long_spans,) = detect_spans([long_note], detector="hf", hf_detector=detector, propagate_spans=False)
+    (long_spans,) = detect_spans([long_note], detector="hf", hf_detector=detector)
     assert long_spans[-1].end == len(long_note) and len(long_spans) > 150
     both = detect_spans(notes, detector="both", hf_detector=detector)
     assert all(a.end <= b.start for spans in both for a, b in itertools.pairwise(spans))
@@ -158,6 +262,9 @@ def test_impute_script_runs_with_the_model_detector(tiny_token_classifier, tmp_p
             "--detector", "both", "--detector_model", tiny_token_classifier]  # fmt: skip
     info = impute_mimic.main(impute_mimic.get_args_parser().parse_args(argv))
     assert info["detector"] == "both" and info["detector_model"] == tiny_token_classifier
+    assert (
+        info["propagate_model_spans"] is False
+    )  # the default, recorded (propagation is outside the guarantee)
     hybrid = pd.read_csv(tmp_path / "out" / "mimic_train_imputed.csv")["TEXT"].tolist()
     # The rule span keeps its type; every other word is a (random) model "date".
     assert hybrid[0].startswith("[DATE] [AGE] [DATE]") and "No" not in hybrid[1]
