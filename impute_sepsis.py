@@ -16,8 +16,10 @@ val.csv, test.csv. No public support set ships with it, so --support_rows (512) 
 drawn with --seed, become the support set (their sensitive values are treated as public, e.g. patients
 who consented) and are DROPPED from the training rows written; val and test are copied. Where the
 release's train_hybrid.csv exists, its rows for the same training rows go to ``reference_tabpfn/`` (with
-the same train_ori/val/test files) and their quality to ``imputation_metrics_reference.csv``: the
-authors' TabPFN hybrid and ours are compared on identical rows.
+the same train_ori/val/test files), so that models trained on the authors' TabPFN hybrid and on ours
+can be compared on identical rows. The authors' imputer is NOT scored: their release has hybrid values
+for training rows only, and a score against training rows' original values is a function of private
+values that must not be published (it used to be written to imputation_metrics_reference.csv).
 
 Raw input (--raw_dir): a folder (searched recursively) of PhysioNet per-patient .psv files, as
 scripts/download_physionet_sepsis.sh fetches them. One row per patient:
@@ -31,7 +33,8 @@ scripts/download_physionet_sepsis.sh fetches them. One row per patient:
     train the remainder (the release's proportions). The support rows are disjoint from training rows.
 
 Outputs in --out_dir: train_ori.csv, train_hybrid.csv, val.csv, test.csv (what
-train_fusiondp_sepsis.py reads), support.csv, imputation_metrics.csv, imputation_info.json.
+train_fusiondp_sepsis.py reads), support.csv, imputation_metrics.csv (quality on the held-out val and
+test rows, column ``rows``; never on training rows), imputation_info.json.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ from fusiondp.data import check_aligned, check_binary_label, check_columns, data
 from fusiondp.impute import (
     add_imputer_args,
     check_disjoint,
-    imputation_quality,
     impute_splits,
     split_indices,
     write_csv,
@@ -63,6 +65,8 @@ LEAKY = ["ICULOS_bin"]
 FILES = {"support": "support.csv", "train": "train_ori.csv", "train_imputed": "train_hybrid.csv",
          "val": "val.csv", "test": "test.csv"}  # fmt: skip
 VAL_FRAC, TEST_FRAC = 0.08, 0.19
+STALE_REFERENCE_METRICS = "imputation_metrics_reference.csv"
+"""Written by earlier versions (the authors' hybrid scored on training rows); removed when found."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -168,17 +172,19 @@ def released_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], 
     return frames, reference
 
 
-def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
-    """The authors' hybrid on our training rows, and its quality on them (an evaluation only)."""
+def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path) -> Path:
+    """The authors' hybrid on our training rows, as a data folder train_fusiondp_sepsis.py reads.
+
+    Privacy contract: copies rows only; it scores nothing. The authors' hybrid exists for training rows
+    only, so its quality could only be measured against the training rows' original sensitive values:
+    a private evaluation, which this script does not make (``scripts/imputation_quality.py`` can, on
+    request, for private use only).
+    """
     ref_dir = out_dir / "reference_tabpfn"
     for name, frame in {"train": frames["train"], "train_imputed": reference,
                         "val": frames["val"], "test": frames["test"]}.items():  # fmt: skip
         write_csv(frame, ref_dir / FILES[name])
-    quality = imputation_quality(frames["train"], reference[SENSITIVE], categorical=CATEGORICAL)
-    quality.insert(0, "imputer", "authors_tabpfn_release")
-    quality.to_csv(out_dir / "imputation_metrics_reference.csv", index=False)
-    print("authors' TabPFN hybrid, same rows:\n" + quality.to_string(index=False))
-    return quality
+    return ref_dir
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -212,8 +218,12 @@ def main(args: argparse.Namespace) -> dict:
         files=FILES,
         imputer_options=options,
     )
+    stale = args.out_dir / STALE_REFERENCE_METRICS
+    if stale.is_file():  # an earlier version's private evaluation: no published file may hold it
+        stale.unlink()
+        print(f"removed {stale}: quality on training rows is a private evaluation, not written any more.")
     if reference is not None:
-        result["reference_quality"] = write_reference(original, reference, args.out_dir).to_dict("records")
+        result["reference_dir"] = str(write_reference(original, reference, args.out_dir))
     return result
 
 

@@ -4,6 +4,15 @@ Privacy contract: an imputer is fitted on a PUBLIC support set (rows disjoint fr
 whose sensitive values are public) and, for the rows it imputes, reads their public columns only.
 Every encoding it uses (category vocabularies, top-k caps) is fitted on the support set.
 
+Imputation quality (accuracy/macro-F1, MSE/R²) is measured on HELD-OUT evaluation rows only: the
+imputer fitted on the support set predicts the val and test rows from their public columns, and those
+predictions are scored against their true values (val/test rows are evaluation data, DESIGN.md §5).
+It is never measured on training rows: a score against the training rows' original sensitive values
+is a deterministic function of them (one row's value moves an MSE on 30,000 rows visibly), so
+publishing it would release private values outside the mechanism. Scoring training rows stays
+possible only as an explicit, private evaluation (:func:`imputation_quality` on them, or
+``scripts/imputation_quality.py``) that is never written next to the data, to docs or to records.
+
 ``tabpfn`` is the paper's imputer: TabPFNClassifier for categorical sensitive columns,
 TabPFNRegressor for numeric ones. ``hgb`` (scikit-learn HistGradientBoosting) is a stand-in for
 machines without TabPFN weights; its results are a deviation from the paper and are labelled so.
@@ -27,6 +36,13 @@ from fusiondp.data import output_files
 IMPUTERS = ("tabpfn", "hgb")
 DEVIATION_NOTE = "hgb imputer (scikit-learn HistGradientBoosting), NOT TabPFN: a deviation from the paper"
 TABPFN_MAX_CLASSES = 10
+QUALITY_ROWS = ("val", "test")
+"""The splits whose imputation quality is measured and written (held-out evaluation rows, never training)."""
+QUALITY_NOTE = (
+    "measured on held-out evaluation rows (val, test): the imputer, fitted on the public support set, "
+    "predicts them from their public columns and is scored against their true values; the training rows' "
+    "sensitive values are never read for it"
+)
 
 
 def split_indices(num_rows: int, sizes: dict[str, int], *, seed: int) -> dict[str, np.ndarray]:
@@ -294,6 +310,9 @@ def imputation_quality(
     """Per sensitive column: accuracy and macro-F1 (categorical) or MSE and R² (numeric).
 
     An evaluation of the imputer against the true values; never feed it back into training.
+    Privacy contract: the result is a deterministic function of ``true``. Called on held-out rows
+    (val/test, :func:`heldout_quality`) it may be published; called on TRAINING rows it is a private
+    evaluation: print it for yourself at most, never write it to docs, records or next to the data.
     """
     rows = []
     for col in imputed.columns:
@@ -326,6 +345,34 @@ def imputation_quality(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def heldout_quality(
+    imputer: SensitiveImputer,
+    frames: dict[str, pd.DataFrame],
+    *,
+    categorical: Sequence[str],
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Quality of a fitted imputer on the held-out splits :data:`QUALITY_ROWS` (val, test), per column.
+
+    Each split's sensitive columns are predicted from its public columns only and scored against its
+    true values; the ``rows`` column names the split. Privacy contract: only val/test rows (evaluation
+    data) are read; training rows are never scored, so the result does not depend on any training
+    row's sensitive values and may be published.
+    """
+    parts = []
+    for split in QUALITY_ROWS:
+        if split not in frames:
+            raise ValueError(
+                f"imputation quality is measured on held-out rows {QUALITY_ROWS}; split {split!r} is "
+                f"missing (got {sorted(frames)})."
+            )
+        predicted = imputer.predict(frames[split], progress=progress)
+        quality = imputation_quality(frames[split], predicted, categorical=categorical)
+        quality.insert(0, "rows", split)
+        parts.append(quality)
+    return pd.concat(parts, ignore_index=True)
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -408,8 +455,11 @@ def impute_splits(
     ``frames`` holds disjoint 'support', 'train', 'val' and 'test' tables; ``files`` maps those and
     'train_imputed' to file names (default: the reference ``<ds>_<split>.csv``); ``imputer_options``
     go to :class:`SensitiveImputer` (e.g. the bin blend); ``info`` goes into imputation_info.json.
-    Privacy contract: the imputer and the category caps are fitted on the support split only, and the
-    training rows' sensitive values are read only to measure imputation quality (an evaluation).
+    Privacy contract: the imputer and the category caps are fitted on the support split only; the
+    training rows' sensitive values are never read (the imputer sees their public columns only) and
+    never scored. ``imputation_metrics.csv`` holds the quality on the held-out val and test rows
+    (column ``rows``), and ``imputation_info.json`` says so: both are byte-identical whatever the
+    training rows' sensitive values are.
     """
     frames = dict(frames)
     for col in [c for c in sensitive if c in set(categorical)]:
@@ -431,7 +481,7 @@ def impute_splits(
     files = files or output_files(dataset)
     for name, frame in frames.items():
         write_csv(frame, args.out_dir / files[name])
-    quality = imputation_quality(frames["train"], imputed, categorical=categorical)
+    quality = heldout_quality(imputer, frames, categorical=categorical, progress=not args.no_progress)
     quality.insert(0, "imputer", args.imputer)
     quality.to_csv(args.out_dir / "imputation_metrics.csv", index=False)
     info = {
@@ -440,6 +490,7 @@ def impute_splits(
         "seed": args.seed,
         **info,
         "sensitive_columns": list(sensitive),
+        "imputation_quality": {"rows": list(QUALITY_ROWS), "measured_on": QUALITY_NOTE},
         "deviation_from_paper": DEVIATION_NOTE if args.imputer == "hgb" else None,
         "imputer_settings": {
             "model": (
@@ -452,7 +503,7 @@ def impute_splits(
         },
     }
     (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2, default=list) + "\n")
-    print(quality.to_string(index=False))
+    print(f"imputation quality, {QUALITY_NOTE}:\n" + quality.to_string(index=False))
     if args.imputer == "hgb":
         print(f"NOTE: {DEVIATION_NOTE}.")
     return {"out_dir": str(args.out_dir), "quality": quality.to_dict("records"), **info}

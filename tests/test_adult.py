@@ -67,6 +67,11 @@ def test_impute_then_train(tmp_path):
     assert (train["income"] == (train["education-num"] > 10)).all()
     assert train["workclass"].isna().any()  # '?' is missing
     assert result["deviation_from_paper"].startswith("hgb")
+    # imputation quality is measured on the held-out rows (60 val, 60 test), never on the training rows
+    metrics = pd.read_csv(tmp_path / "out" / "imputation_metrics.csv")
+    assert set(metrics["column"]) == set(impute_adult.SENSITIVE)
+    assert list(dict.fromkeys(metrics["rows"])) == ["val", "test"] and metrics["n"].max() <= 60
+    assert result["imputation_quality"]["rows"] == ["val", "test"]
     record = train_fusiondp_adult.main(
         train_fusiondp_adult.get_args_parser().parse_args(
             [

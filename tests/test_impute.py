@@ -10,6 +10,7 @@ from fusiondp.impute import (
     apply_cap,
     cap_categories,
     check_disjoint,
+    heldout_quality,
     imputation_quality,
     split_indices,
     tabpfn_weights_problem,
@@ -161,3 +162,45 @@ def test_bin_blend_through_tabpfn_real_api(tiny_tabpfn_checkpoints):
     with pytest.raises(RuntimeError, match="does not exist"):  # a blend needs both checkpoints
         SensitiveImputer(kind="tabpfn", **{**kw, "model_paths": {"regressor": paths["regressor"],
                                                                  "classifier": "/nope.ckpt"}}).fit(support)  # fmt: skip
+
+
+def test_heldout_quality_scores_val_and_test_rows_only():
+    """Privacy: quality is measured on held-out rows; the training rows are never looked at."""
+    support = _table(600, seed=3)
+    frames = {"support": support, "train": None, "val": _table(120, seed=4), "test": _table(80, seed=5)}
+    imp = SensitiveImputer(kind="hgb", **KW).fit(support)
+    quality = heldout_quality(imp, frames, categorical=["job"])  # a None training table is never read
+    assert list(quality["rows"]) == ["val", "val", "test", "test"]
+    by_rows = quality.set_index(["rows", "column"])
+    assert by_rows.loc[("val", "age"), "n"] == 120 and by_rows.loc[("test", "age"), "n"] == 80
+    expected = imputation_quality(
+        frames["val"], imp.predict(frames["val"], progress=False), categorical=["job"]
+    )
+    assert by_rows.loc[("val", "job"), "accuracy"] == expected.set_index("column").loc["job", "accuracy"]
+    with pytest.raises(ValueError, match=r"split 'test' is missing \(got \['support', 'train', 'val'\]\)"):
+        heldout_quality(imp, {k: v for k, v in frames.items() if k != "test"}, categorical=["job"])
+
+
+def test_quality_cli_says_training_rows_are_a_private_evaluation(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import imputation_quality as cli
+
+    assert "never to be published" in cli.get_args_parser().format_help()
+    true = _table(40, seed=1)
+    true.to_csv(tmp_path / "true.csv", index=False)
+    true.assign(job="admin").to_csv(tmp_path / "imputed.csv", index=False)
+    args = cli.get_args_parser().parse_args(
+        [
+            str(tmp_path / "true.csv"),
+            str(tmp_path / "imputed.csv"),
+            "--numeric",
+            "age",
+            "--categorical",
+            "job",
+        ]
+    )
+    table = cli.main(args)
+    assert "job" in table and "PRIVATE evaluation" in capsys.readouterr().err
