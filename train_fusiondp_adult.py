@@ -17,6 +17,8 @@ from fusiondp.models import small_tabular_mlp
 from fusiondp.train import run_imputed_tabular
 from impute_adult import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
 
+BOUNDS = {"age": (16.0, 100.0)}  # public domain knowledge (working-age census respondents), for --scaling dp
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -46,6 +48,7 @@ def main(args: argparse.Namespace) -> dict:
         sensitive=SENSITIVE,
         categorical=CATEGORICAL,
         label=LABEL,
+        bounds=BOUNDS,
         build_model=small_tabular_mlp,
     )
 

@@ -21,6 +21,8 @@ from fusiondp.models import small_tabular_mlp
 from fusiondp.train import run_imputed_tabular
 from impute_bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
 
+BOUNDS = {"age": (17.0, 100.0)}  # public domain knowledge (bank clients' ages), for --scaling dp
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -50,6 +52,7 @@ def main(args: argparse.Namespace) -> dict:
         sensitive=SENSITIVE,
         categorical=CATEGORICAL,
         label=LABEL,
+        bounds=BOUNDS,
         build_model=small_tabular_mlp,
     )
 

@@ -12,6 +12,7 @@ import torch
 
 from fusiondp.modes import MODES
 from fusiondp.privacy import ACCOUNTANTS, NEIGHBOURING_FLAGS
+from fusiondp.scaling import SCALING_SOURCES
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
@@ -62,10 +63,10 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
     p.add_argument("--max_grad_norm", type=float, default=1.0, help="per-example clip norm C")
     p.add_argument(
         "--accountant",
-        default="rdp",
+        default="pld",
         choices=ACCOUNTANTS,
-        help="accountant that calibrates sigma and reports epsilon: Opacus rdp or prv (add/remove = "
-        "zero-out only), or dp-accounting pld (also replace-one) (default: rdp)",
+        help="accountant that calibrates sigma and reports epsilon: dp-accounting pld (tightest; every "
+        "relation), Opacus prv or rdp (the reference's; add/remove = zero-out only) (default: %(default)s)",
     )
     p.add_argument(
         "--neighbouring",
@@ -95,10 +96,40 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
         help="reference compatibility: divide the private sum by |B| instead of b",
     )
     p.add_argument(
-        "--secure_noise",
+        "--secure_rng",
         action="store_true",
-        help="draw the DP noise from an unrecorded random seed (not reproducible); by default it is "
-        "seeded by --seed, so anyone who knows the seed can predict it",
+        help="draw the Poisson sampler's and the DP noise's randomness from OS entropy, never recorded: "
+        "the only way to train a model you may release with the stated guarantee. By default both "
+        "are seeded from --seed (experiment mode: reproducible, and the record says the guarantee "
+        "does not hold, since anyone who knows the seed can replay them). Model init, dropout of the "
+        "public term and the public batches' order may still follow --seed",
+    )
+    p.add_argument(
+        "--scaling",
+        default="support",
+        choices=SCALING_SOURCES,
+        help="source of the ORIGINAL view's sensitive-column statistics (training rows, val, test): "
+        "support (the public support set's true values; free), dp (Gaussian-mechanism estimate from "
+        "the training rows, clipped to the script's declared ranges, composed into epsilon), or "
+        "private (the training rows' own statistics, as the authors do: NOT PRIVATE, recorded as "
+        "outside the guarantee). The hybrid view always uses its own rows' statistics "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--scaling_noise_multiplier",
+        type=float,
+        default=20.0,
+        help="--scaling dp: noise std of the statistics in units of their sensitivity (larger: less "
+        "of the budget, noisier scales) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max_private_noise",
+        type=float,
+        default=3.0,
+        help="cap kappa on alpha*sigma, the std of the private term's noise in units of C/b (split modes): "
+        "alpha is lowered to kappa/sigma when sigma is large, so that at small epsilon the private term "
+        "fades instead of drowning the public one. Public (sigma is), costs no privacy. 0: the fixed "
+        "--alpha of the reference (default: %(default)s)",
     )
 
     o = parser.add_argument_group("output")
@@ -126,6 +157,23 @@ def check_training_args(args: argparse.Namespace) -> None:
         raise ValueError("give either --c_h or --c_h_from_private, not both.")
     if args.max_param_norm < 0:
         raise ValueError(f"--max_param_norm must be >= 0 (0 disables), got {args.max_param_norm!r}.")
+    if not (math.isfinite(args.alpha) and args.alpha >= 0):
+        raise ValueError(
+            f"--alpha must be >= 0 (the weight of the private gradient; a negative one ascends it), "
+            f"got {args.alpha!r}."
+        )
+    if not (math.isfinite(args.beta) and args.beta >= 0):
+        raise ValueError(f"--beta must be >= 0 (a weight), got {args.beta!r}.")
+    if args.mode.startswith("naive_fusion") and args.beta > 1:
+        raise ValueError(
+            f"--beta mixes two gradients in {args.mode} and must lie in [0, 1], got {args.beta!r}."
+        )
+    if args.max_private_noise < 0:
+        raise ValueError(
+            f"--max_private_noise must be >= 0 (0: fixed --alpha), got {args.max_private_noise!r}."
+        )
+    if not args.scaling_noise_multiplier > 0:
+        raise ValueError(f"--scaling_noise_multiplier must be > 0, got {args.scaling_noise_multiplier!r}.")
 
 
 def resolve_device(name: str) -> torch.device:

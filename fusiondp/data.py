@@ -1,15 +1,19 @@
 """Tabular data: reading with clear errors, checks, and preprocessing fitted on public data only.
 
-Privacy contract of :func:`prepare_tabular`: every fitted quantity (NaN fill values, scaler
-statistics, category vocabularies) comes from the HYBRID training rows, whose sensitive columns are
-foundation-model imputations computed from public columns, and optionally from other public rows
-(the imputer's support set), so nothing fitted depends on an original sensitive value. The original
-rows are only transformed with those fitted objects; a category the vocabulary lacks (or a missing
-value) becomes an all-zero one-hot block.
+Privacy contract of :func:`prepare_tabular`: the statistics every view shares (public columns' NaN
+fill values and scales, category vocabularies) are fitted on rows the caller declares public for the
+mode's guarantee (``shared_fit``): the HYBRID training rows plus the support set for feature-level
+DP, whose sensitive columns are foundation-model imputations computed from public columns; the
+support set alone for sample-level DP, where every column of a training row is private. Each view's
+numeric sensitive columns get their own scale (:mod:`fusiondp.scaling` says why): the hybrid view
+its own rows' statistics, the original view (training rows, val and test) the ``original_stats``
+the caller obtained from public or DP sources. The original rows are only transformed; a category
+the vocabulary lacks (or a missing value) becomes an all-zero one-hot block.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +27,7 @@ from torch import Tensor, nn
 
 from fusiondp.metrics import evaluate_binary
 from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
+from fusiondp.scaling import Stats, column_statistics
 
 
 def data_root() -> Path:
@@ -175,6 +180,18 @@ class TabularPreprocessor:
                 parts.append(np.where(codes < 0, 0.5, codes / scale)[:, None])
         return np.concatenate(parts, axis=1).astype(np.float32)
 
+    def with_statistics(self, stats: dict[str, tuple[float, float]]) -> TabularPreprocessor:
+        """A copy whose numeric columns in ``stats`` are filled and standardised with (mean, std) given."""
+        unknown = sorted(set(stats) - set(self.numeric))
+        if unknown:
+            raise ValueError(f"statistics given for non-numeric or unknown column(s) {unknown}.")
+        copy = dataclasses.replace(
+            self,
+            means_={**self.means_, **{c: m for c, (m, _) in stats.items()}},
+            stds_={**self.stds_, **{c: s for c, (_, s) in stats.items()}},
+        )
+        return copy
+
     def feature_indices(self, columns: Sequence[str]) -> list[int]:
         wanted = set(columns)
         return [i for i, src in enumerate(self.source_column_) if src in wanted]
@@ -237,6 +254,23 @@ class TabularData:
         return TabularData(**moved)
 
 
+def zero_out_values(hybrid: pd.DataFrame, *, columns: Sequence[str], original_stats: Stats) -> pd.DataFrame:
+    """The zero-out neighbour's sensitive values: each row's imputation carried onto the original scale.
+
+    With one scale per view, a row's original view equals its hybrid view (to round-off, which the
+    step treats as equal) when its numeric sensitive values are μ_o + σ_o · (x̂ − μ_h) / σ_h: the
+    imputation x̂ standardised with the hybrid rows' statistics (μ_h, σ_h) and de-standardised with
+    the original view's (μ_o, σ_o). A public function of public values; categorical columns keep x̂.
+    """
+    hybrid_stats = column_statistics(hybrid, columns)
+    out = hybrid[list(columns)].copy()
+    for col in columns:
+        (mu_o, sd_o), (mu_h, sd_h) = original_stats[col], hybrid_stats[col]
+        values = pd.to_numeric(hybrid[col], errors="coerce")
+        out[col] = mu_o + sd_o * (values - mu_h) / sd_h
+    return out
+
+
 def prepare_tabular(
     original: pd.DataFrame,
     hybrid: pd.DataFrame,
@@ -246,45 +280,55 @@ def prepare_tabular(
     sensitive: Sequence[str],
     public: Sequence[str],
     label: str,
+    original_stats: Stats,
     categorical: Sequence[str] = (),
     one_hot: bool = True,
     noise_seed: int = 0,
-    extra_public: pd.DataFrame | None = None,
+    shared_fit: pd.DataFrame | None = None,
 ) -> tuple[TabularData, TabularPreprocessor]:
-    """Fit the preprocessor on the hybrid rows (plus ``extra_public`` rows) and build every view.
+    """Build every view; return the data and the ORIGINAL view's preprocessor (val/test use it too).
 
-    ``extra_public`` must be public too, e.g. the imputer's support set, whose sensitive values are
-    public by assumption: it lets the vocabularies know categories the imputer never predicts.
+    ``shared_fit``: the public rows the shared statistics and vocabularies are fitted on (default: the
+    hybrid rows); see the module docstring for what is public under which guarantee.
+    ``original_stats``: (mean, std) of every numeric sensitive column for the original view, from
+    :mod:`fusiondp.scaling`. The hybrid view's numeric sensitive columns use the hybrid rows' own
+    statistics.
 
     The noise view is the hybrid view with the sensitive feature columns replaced by N(0, 1) draws
     (seeded by ``noise_seed``), so it never reads an original sensitive value either.
     """
     columns = [*public, *sensitive]
     numeric = [c for c in columns if c not in set(categorical)]
-    prep = TabularPreprocessor(numeric=numeric, categorical=list(categorical), one_hot=one_hot)
-    prep.fit(hybrid[columns] if extra_public is None else pd.concat([hybrid[columns], extra_public[columns]]))
+    numeric_sensitive = [c for c in sensitive if c not in set(categorical)]
+    missing = [c for c in numeric_sensitive if c not in original_stats]
+    if missing:
+        raise ValueError(f"original_stats lacks numeric sensitive column(s) {missing}.")
+    base = TabularPreprocessor(numeric=numeric, categorical=list(categorical), one_hot=one_hot)
+    base.fit((hybrid if shared_fit is None else shared_fit)[columns])
+    hybrid_prep = base.with_statistics(column_statistics(hybrid, numeric_sensitive))
+    original_prep = base.with_statistics({c: original_stats[c] for c in numeric_sensitive})
 
-    def tensor(frame: pd.DataFrame) -> Tensor:
+    def tensor(frame: pd.DataFrame, prep: TabularPreprocessor) -> Tensor:
         return torch.from_numpy(prep.transform(frame[columns]))
 
     def labels(frame: pd.DataFrame) -> Tensor:
         return torch.from_numpy(frame[label].astype(float).to_numpy(np.float32))
 
-    sensitive_features = prep.feature_indices(sensitive)
-    x_hybrid = tensor(hybrid)
+    sensitive_features = base.feature_indices(sensitive)
+    x_hybrid = tensor(hybrid, hybrid_prep)
     x_noise = x_hybrid.clone()
     generator = torch.Generator().manual_seed(noise_seed)
     x_noise[:, sensitive_features] = torch.randn(len(x_noise), len(sensitive_features), generator=generator)
     data = TabularData(
-        original=tensor(original),
+        original=tensor(original, original_prep),
         hybrid=x_hybrid,
         noise=x_noise,
         y=labels(original),
-        x_val=tensor(val),
+        x_val=tensor(val, original_prep),
         y_val=labels(val),
-        x_test=tensor(test),
+        x_test=tensor(test, original_prep),
         y_test=labels(test),
-        feature_names=prep.feature_names_,
+        feature_names=base.feature_names_,
         sensitive_features=sensitive_features,
     )
-    return data, prep
+    return data, original_prep

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from dp_accounting import dp_event, pld
 from dp_accounting.privacy_accountant import NeighboringRelation
@@ -93,11 +93,12 @@ class PrivacySpec:
     accountant_zero_out: str
     epsilon_replace_one: float
     accountant_replace_one: str
+    stats_noise_multiplier: float | None = None
+    """Noise multiplier of the DP scaling statistics composed into ε (None: no such release)."""
+    epsilon_without_statistics: float | None = None
+    """ε of the same σ, relation and accountant without the statistics: their cost is the difference."""
     notes: tuple[str, ...] = ()
     """How the flags were resolved, where that is not what they say (see :func:`calibration_plan`)."""
-
-    def as_record(self) -> dict:
-        return asdict(self)
 
 
 def check_budget(*, epsilon: float, delta: float) -> None:
@@ -162,11 +163,22 @@ def check_supported(accountant: str, relation: str) -> None:
 
 
 def _pld_epsilon(
-    noise_multiplier: float, sample_rate: float, steps: int, delta: float, relation: str
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    relation: str,
+    stats_noise_multiplier: float | None = None,
 ) -> float:
     acct = pld.PLDAccountant(
         neighboring_relation=_PLD_RELATIONS[relation], value_discretization_interval=PLD_DISCRETISATION
     )
+    if stats_noise_multiplier:
+        # dp-accounting's REPLACE_ONE Gaussian moves the mean by 2 units (−1 to +1); the statistics'
+        # neighbours differ by at most 1 unit (their sensitivity bounds any change of one row), so
+        # their REPLACE_ONE noise multiplier is doubled. Zero-out / add-remove: 1 unit, as given.
+        factor = 2.0 if relation == REPLACE_ONE else 1.0
+        acct.compose(dp_event.GaussianDpEvent(factor * stats_noise_multiplier))
     acct.compose(
         dp_event.SelfComposedDpEvent(
             dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier)), steps
@@ -183,15 +195,45 @@ def epsilon_for(
     delta: float,
     accountant: str,
     relation: str,
+    stats_noise_multiplier: float | None = None,
 ) -> float:
-    """ε at δ of ``steps`` Poisson-subsampled Gaussian steps under ``relation`` (an upper bound)."""
+    """ε at δ of ``steps`` Poisson-subsampled Gaussian steps under ``relation`` (an upper bound).
+
+    ``stats_noise_multiplier``: a one-off Gaussian release (the DP scaling statistics of
+    :func:`fusiondp.scaling.dp_statistics`, noise in units of their sensitivity under any change of
+    one row) composed with the steps by the same accountant. Opacus sees it as one step at q = 1.
+    """
     check_supported(accountant, relation)
     if accountant == "pld":
-        return _pld_epsilon(noise_multiplier, sample_rate, steps, delta, relation)
+        return _pld_epsilon(noise_multiplier, sample_rate, steps, delta, relation, stats_noise_multiplier)
     acct = create_accountant(mechanism=accountant)
     acct.history = [(noise_multiplier, sample_rate, steps)]
+    if stats_noise_multiplier:
+        acct.history.insert(0, (stats_noise_multiplier, 1.0, 1))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        # PRV's q = 1 step takes log(0) on a branch it then discards.
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log")
+        return float(acct.get_epsilon(delta=delta, **_accountant_kwargs(accountant)))
+
+
+def statistics_epsilon(
+    *, stats_noise_multiplier: float, delta: float, accountant: str, relation: str
+) -> float:
+    """ε at δ of the one-off Gaussian release of the DP scaling statistics alone."""
+    check_supported(accountant, relation)
+    if accountant == "pld":
+        acct = pld.PLDAccountant(
+            neighboring_relation=_PLD_RELATIONS[relation], value_discretization_interval=PLD_DISCRETISATION
+        )
+        factor = 2.0 if relation == REPLACE_ONE else 1.0  # see _pld_epsilon
+        acct.compose(dp_event.GaussianDpEvent(factor * stats_noise_multiplier))
+        return float(acct.get_epsilon(delta))
+    acct = create_accountant(mechanism=accountant)
+    acct.history = [(stats_noise_multiplier, 1.0, 1)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log")
         return float(acct.get_epsilon(delta=delta, **_accountant_kwargs(accountant)))
 
 
@@ -207,11 +249,6 @@ def epsilon_spent(
         accountant=accountant,
         relation=ZERO_OUT,
     )
-
-
-def replace_one_epsilon(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
-    """ε when one row's clipped vector may change to any other clipped vector (PLD, REPLACE_ONE)."""
-    return _pld_epsilon(noise_multiplier, sample_rate, steps, delta, REPLACE_ONE)
 
 
 def _bisect_sigma(eps: Callable[[float], float], *, epsilon: float, delta: float) -> float:
@@ -237,20 +274,50 @@ def _bisect_sigma(eps: Callable[[float], float], *, epsilon: float, delta: float
 
 
 def calibrate_sigma(
-    *, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, relation: str
+    *,
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    relation: str,
+    stats_noise_multiplier: float | None = None,
 ) -> float:
     """The smallest σ (to 0.01 in ε) whose T-step ε at δ under ``relation`` is at most ``epsilon``.
 
-    rdp/prv go through Opacus's ``get_noise_multiplier``; pld bisects over dp-accounting's ε.
-    Both keep the upper end of the bracket, so the σ returned never overshoots the target.
+    rdp/prv go through Opacus's ``get_noise_multiplier``; pld, and any run that also releases DP
+    statistics (``stats_noise_multiplier``, composed first), bisect over the accountant's ε. Both keep
+    the upper end of the bracket, so the σ returned never overshoots the target.
     """
     check_budget(epsilon=epsilon, delta=delta)
     check_supported(accountant, relation)
     if not (0.0 < sample_rate <= 1.0):
         raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate!r}.")
-    if accountant == "pld":
+    if stats_noise_multiplier:
+        spent = statistics_epsilon(
+            stats_noise_multiplier=stats_noise_multiplier,
+            delta=delta,
+            accountant=accountant,
+            relation=relation,
+        )
+        if spent >= epsilon - EPSILON_TOLERANCE:
+            raise ValueError(
+                f"the DP scaling statistics alone spend epsilon = {spent:.3f} of the target {epsilon} "
+                f"(--scaling_noise_multiplier {stats_noise_multiplier}): raise it, or use --scaling support."
+            )
+    if accountant == "pld" or stats_noise_multiplier:
         return _bisect_sigma(
-            lambda s: _pld_epsilon(s, sample_rate, steps, delta, relation), epsilon=epsilon, delta=delta
+            lambda s: epsilon_for(
+                noise_multiplier=s,
+                sample_rate=sample_rate,
+                steps=steps,
+                delta=delta,
+                accountant=accountant,
+                relation=relation,
+                stats_noise_multiplier=stats_noise_multiplier,
+            ),
+            epsilon=epsilon,
+            delta=delta,
         )
     with warnings.catch_warnings():
         # The bisection probes very large σ, where the best RDP order is the largest: not a concern.
@@ -289,6 +356,7 @@ def feature_epsilons(
     delta: float,
     accountant: str,
     zero_out_term_vanishes: bool,
+    stats_noise_multiplier: float | None = None,
 ) -> dict:
     """Feature-level ε of one σ under both relations, and the accountant of each.
 
@@ -302,6 +370,7 @@ def feature_epsilons(
         "sample_rate": sample_rate,
         "steps": steps,
         "delta": delta,
+        "stats_noise_multiplier": stats_noise_multiplier,
     }
     replace = epsilon_for(accountant="pld", relation=REPLACE_ONE, **common)
     replace_acct = "pld"
@@ -362,9 +431,12 @@ def make_privacy_spec(
     accountant: str,
     relation: str = ZERO_OUT,
     zero_out_term_vanishes: bool = True,
+    stats_noise_multiplier: float | None = None,
 ) -> PrivacySpec:
     """Calibrate σ for (ε, δ) under ``relation`` given q = b/N and T = round(epochs·N/b).
 
+    With ``stats_noise_multiplier`` the DP scaling statistics are composed in first, so that σ is
+    calibrated for the TOTAL; ``epsilon_without_statistics`` is what the same σ spends without them.
     Unsupported (accountant, relation) pairs are refused by :func:`check_supported`.
     """
     check_budget(epsilon=epsilon, delta=delta)
@@ -373,7 +445,14 @@ def make_privacy_spec(
     check_sample_rate(sample_rate, batch_size=batch_size, num_rows=num_rows)
     steps = num_steps(epochs=epochs, num_rows=num_rows, batch_size=batch_size)
     common = {"delta": delta, "sample_rate": sample_rate, "steps": steps}
-    sigma = calibrate_sigma(epsilon=epsilon, accountant=accountant, relation=relation, **common)
+    stats = {"stats_noise_multiplier": stats_noise_multiplier}
+    sigma = calibrate_sigma(epsilon=epsilon, accountant=accountant, relation=relation, **common, **stats)
+    spent = epsilon_for(noise_multiplier=sigma, accountant=accountant, relation=relation, **common, **stats)
+    without = (
+        epsilon_for(noise_multiplier=sigma, accountant=accountant, relation=relation, **common)
+        if stats_noise_multiplier
+        else spent
+    )
     return PrivacySpec(
         target_epsilon=epsilon,
         delta=delta,
@@ -381,12 +460,15 @@ def make_privacy_spec(
         steps=steps,
         noise_multiplier=sigma,
         accountant=accountant,
-        epsilon_spent=epsilon_for(noise_multiplier=sigma, accountant=accountant, relation=relation, **common),
+        epsilon_spent=spent,
         neighbouring_relation=relation,
+        stats_noise_multiplier=stats_noise_multiplier,
+        epsilon_without_statistics=without,
         **feature_epsilons(
             noise_multiplier=sigma,
             accountant=accountant,
             zero_out_term_vanishes=zero_out_term_vanishes,
             **common,
+            **stats,
         ),
     )

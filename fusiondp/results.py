@@ -19,6 +19,11 @@ except ImportError:  # pragma: no cover - Windows: O_APPEND single writes are st
     fcntl = None
 
 
+EXPERIMENT_MODE = "sampler and noise seeded from a recorded seed (experiment mode)"
+"""The reason a seeded DP run's record gives for ``privacy_guarantee_holds: false``. Tables keep such
+runs (reproducibility is their point); a model meant for release is trained with ``--secure_rng``."""
+
+
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -39,6 +39,9 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 Grads = dict[str, Tensor]
 
+SAME_VIEW_TOLERANCE = 1e-5
+"""Views of a row closer than this in every feature count as equal: the row's private term is 0."""
+
 
 @dataclass(frozen=True)
 class StepConfig:
@@ -107,8 +110,10 @@ def per_example_gradients(
         term = loss_fn(logits[0, 0], target) - loss_fn(logits[1, 0], target)
         if reg_weight:
             term = term + reg_weight * consistency_penalty(h[0, 0], h[1, 0], c_h=c_h)
-        # A zero-out neighbour (views identical) must contribute exactly 0, not float round-off.
-        return term * (x != x_ref).any()
+        # A zero-out neighbour (views equal) must contribute exactly 0, not float round-off: its
+        # original values, carried through the original view's scaler, match the hybrid view only
+        # to round-off (see fusiondp.data.zero_out_values).
+        return term * ((x - x_ref).abs() > SAME_VIEW_TOLERANCE).any()
 
     ref_dim = None if x_reference is None else 0
     return vmap(grad(private_term), in_dims=(None, 0, ref_dim, 0), randomness="different")(

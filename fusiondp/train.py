@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -30,13 +31,31 @@ from fusiondp.data import load_imputed_splits, prepare_tabular
 from fusiondp.models import binary_bce
 from fusiondp.modes import ModeSpec, get_mode
 from fusiondp.privacy import (
+    ADD_REMOVE,
+    ZERO_OUT,
     PrivacySpec,
     calibration_plan,
     check_sample_rate,
     make_privacy_spec,
     num_steps,
+    statistics_epsilon,
 )
-from fusiondp.results import append_record, command_line, find_run, git_commit, run_settings
+from fusiondp.results import (
+    EXPERIMENT_MODE,
+    append_record,
+    command_line,
+    find_run,
+    git_commit,
+    run_settings,
+)
+from fusiondp.scaling import (
+    ScalingPlan,
+    check_bounds,
+    check_bounds_cover_public,
+    column_statistics,
+    dp_statistics,
+    support_statistics,
+)
 from fusiondp.step import LossFn, StepConfig, fusion_step
 
 Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
@@ -198,9 +217,16 @@ def resolve_c_h(
     ), "estimated from hybrid rows at initialisation (public)"
 
 
-def privacy_spec_for(args: argparse.Namespace, mode: ModeSpec, *, num_rows: int) -> PrivacySpec | None:
+def privacy_spec_for(
+    args: argparse.Namespace,
+    mode: ModeSpec,
+    *,
+    num_rows: int,
+    stats_noise_multiplier: float | None = None,
+) -> PrivacySpec | None:
     """σ calibrated for the mode's neighbouring relation (``--neighbouring`` for the split modes), or
-    None for the non-private modes. See :func:`fusiondp.privacy.calibration_plan`."""
+    None for the non-private modes. See :func:`fusiondp.privacy.calibration_plan`. DP scaling
+    statistics (``stats_noise_multiplier``) are composed into the same budget."""
     if not mode.private:
         return None
     relation, accountant, notes = calibration_plan(
@@ -218,15 +244,39 @@ def privacy_spec_for(args: argparse.Namespace, mode: ModeSpec, *, num_rows: int)
         accountant=accountant,
         relation=relation,
         zero_out_term_vanishes=mode.private_loss == "difference",
+        stats_noise_multiplier=stats_noise_multiplier,
     )
     return dataclasses.replace(spec, notes=tuple(notes))
 
 
+def private_weight(
+    args: argparse.Namespace, mode: ModeSpec, *, privacy: PrivacySpec | None
+) -> tuple[float, str]:
+    """α actually used by the split modes, and the rule that gave it.
+
+    The private term's noise has std α·σ·C/b per coordinate; with ``--max_private_noise κ`` α is
+    capped at κ/σ, so that as ε shrinks (σ grows) the private term fades towards the public term
+    instead of drowning it. σ is public, so the rule costs no privacy.
+    """
+    if mode.private_loss != "difference" or privacy is None:
+        return args.alpha, "unused" if mode.private_loss != "difference" else "fixed (--alpha)"
+    kappa = args.max_private_noise
+    sigma = privacy.noise_multiplier
+    if not kappa or args.alpha * sigma <= kappa:
+        return args.alpha, "fixed (--alpha)" if not kappa else f"--alpha (alpha*sigma <= {kappa})"
+    return kappa / sigma, f"capped: --max_private_noise {kappa} / sigma {sigma:.4g}"
+
+
 def step_config_for(
-    args: argparse.Namespace, mode: ModeSpec, *, privacy: PrivacySpec | None, c_h: float | None
+    args: argparse.Namespace,
+    mode: ModeSpec,
+    *,
+    privacy: PrivacySpec | None,
+    c_h: float | None,
+    alpha: float | None = None,
 ) -> StepConfig:
-    """The step's hyperparameters from the CLI flags and the mode."""
-    w_pub, w_priv = mode.weights(alpha=args.alpha, beta=args.beta)
+    """The step's hyperparameters from the CLI flags and the mode (``alpha``: the α to use, default --alpha)."""
+    w_pub, w_priv = mode.weights(alpha=args.alpha if alpha is None else alpha, beta=args.beta)
     return StepConfig(
         lr=args.lr,
         w_pub=w_pub,
@@ -242,6 +292,19 @@ def step_config_for(
     )
 
 
+def rng_seeds(args: argparse.Namespace) -> tuple[int, int, str]:
+    """(sampler seed, noise seed, what the record says of them).
+
+    ``--secure_rng`` draws both from OS entropy and they are never recorded: the Poisson batches and
+    the noise are then unknown to anyone, which subsampling amplification and the Gaussian mechanism
+    both assume. Otherwise they follow ``--seed`` (experiment mode): reproducible, and anyone who
+    knows the seed can replay training for each candidate value of a row, so no ε holds.
+    """
+    if args.secure_rng:
+        return secrets.randbits(62), secrets.randbits(62), "secure"
+    return args.seed, args.seed + 1, "seeded"
+
+
 def run_experiment(
     args: argparse.Namespace,
     *,
@@ -250,12 +313,14 @@ def run_experiment(
     build_model: Callable[[], nn.Module],
     loss_fn: LossFn,
     extra_record: dict | None = None,
+    scaling: ScalingPlan | None = None,
 ) -> dict:
     """Calibrate, train, evaluate and record one run; return its result record.
 
     ``data`` holds the original rows; they reach the model only through :func:`fusion_step`'s
     private term (DP modes) or, for ``sgd_ori``, without protection, as that mode's record states.
-    ``build_model()`` returns a fresh model (seeded by the caller's ``--seed`` just before).
+    ``scaling`` says where the original view's statistics came from; DP statistics are composed into
+    the run's ε. ``build_model()`` returns a fresh model (seeded by the caller's ``--seed`` just before).
     """
     check_training_args(args)
     if args.skip_existing and args.results_json:
@@ -268,7 +333,8 @@ def run_experiment(
     seed_everything(args.seed)
     data = data.to(device)
     n = data.num_rows
-    privacy = privacy_spec_for(args, mode, num_rows=n)
+    stats_sigma = scaling.stats_noise_multiplier if scaling else None
+    privacy = privacy_spec_for(args, mode, num_rows=n, stats_noise_multiplier=stats_sigma)
     if privacy:
         steps = privacy.steps
     else:
@@ -277,8 +343,9 @@ def run_experiment(
 
     model = build_model().to(device)
     c_h, c_h_source = resolve_c_h(args, mode, model, data, seed=args.seed)
-    cfg = step_config_for(args, mode, privacy=privacy, c_h=c_h)
-    w_pub, w_priv = cfg.w_pub, cfg.w_priv
+    alpha, alpha_rule = private_weight(args, mode, privacy=privacy)
+    cfg = step_config_for(args, mode, privacy=privacy, c_h=c_h, alpha=alpha)
+    sampler_seed, noise_seed, rng = rng_seeds(args)
 
     log, train_seconds = train(
         model,
@@ -289,13 +356,13 @@ def run_experiment(
         epochs=args.epochs,
         batch_size=args.batch_size,
         public_batch_size=args.public_batch_size,
-        seed=args.seed,
+        seed=sampler_seed,
         loss_fn=loss_fn,
         evaluate=data.evaluate,
         progress=not args.no_progress,
-        # A seed nobody records makes the noise unpredictable even to whoever knows the seed.
-        noise_seed=secrets.randbits(62) if args.secure_noise else None,
+        noise_seed=noise_seed,
     )
+    del sampler_seed, noise_seed  # never recorded
     outside_guarantee = []
     if args.c_h_from_private and mode.uses_regularizer:
         outside_guarantee.append("C_h estimated from original sensitive values (--c_h_from_private)")
@@ -303,6 +370,19 @@ def run_experiment(
         # The accountant models the noised sum; dividing by the realised |B| also releases |B|, which
         # shifts the odds that a given row was sampled. Small, but unaccounted for.
         outside_guarantee.append("private sum divided by the realised batch size (|B| is not accounted for)")
+    if scaling and scaling.reads_private_values and mode.name != "sgd_ori":
+        outside_guarantee.append(f"scaling statistics fitted on private rows (--scaling {scaling.source})")
+    if mode.private and rng == "seeded":
+        outside_guarantee.append(EXPERIMENT_MODE)
+    stats_epsilon = None
+    if scaling and stats_sigma and not privacy and mode.name != "sgd_ori":
+        # A non-DP mode whose evaluation scale is a DP estimate: that estimate is all it releases.
+        stats_epsilon = statistics_epsilon(
+            stats_noise_multiplier=stats_sigma,
+            delta=args.delta,
+            accountant=args.accountant,
+            relation=ZERO_OUT,
+        )
     final = log[-1]
     record = {
         "dataset": dataset,
@@ -316,18 +396,22 @@ def run_experiment(
         "lr": args.lr,
         "max_grad_norm": args.max_grad_norm,
         "alpha": args.alpha,
+        "alpha_used": cfg.w_priv if mode.private_loss == "difference" else None,
+        "alpha_rule": alpha_rule,
         "beta": args.beta,
         "max_param_norm": args.max_param_norm,
         "c_h": c_h,
         "c_h_source": c_h_source,
-        "w_pub": w_pub,
-        "w_priv": w_priv,
+        "w_pub": cfg.w_pub,
+        "w_priv": cfg.w_priv,
         "regularizer_weight": cfg.reg_weight,
         "sigma": privacy.noise_multiplier if privacy else None,
         "sample_rate": args.batch_size / n,
         "steps": steps,
         "accountant": privacy.accountant if privacy else None,
-        "epsilon_spent": privacy.epsilon_spent if privacy else (None if mode.name == "sgd_ori" else 0.0),
+        "epsilon_spent": (
+            privacy.epsilon_spent if privacy else (None if mode.name == "sgd_ori" else (stats_epsilon or 0.0))
+        ),
         "neighbouring_relation": privacy.neighbouring_relation if privacy else None,
         # Feature-level epsilon of this sigma under both relations, whatever it was calibrated for.
         **{
@@ -339,14 +423,17 @@ def run_experiment(
                 "accountant_replace_one",
             )
         },
-        "privacy_notes": list(privacy.notes) if privacy else [],
-        "noise_source": None
-        if not privacy
-        else (
-            "secure: unrecorded random seed"
-            if args.secure_noise
-            else "seeded by --seed: reproducible, but the noise is predictable to anyone who knows the seed"
+        "scaling": scaling.source if scaling else None,
+        "scaling_description": scaling.description if scaling else None,
+        "scaling_noise_multiplier": stats_sigma,
+        "scaling_epsilon_cost": (
+            (privacy.epsilon_spent - privacy.epsilon_without_statistics)
+            if privacy and stats_sigma
+            else stats_epsilon
         ),
+        "epsilon_without_statistics": privacy.epsilon_without_statistics if privacy else None,
+        "privacy_notes": list(privacy.notes) if privacy else [],
+        "rng": rng if mode.private else None,
         "guarantee": mode.guarantee,
         "privacy_guarantee_holds": mode.name != "sgd_ori" and not outside_guarantee,
         "outside_guarantee": outside_guarantee,
@@ -371,26 +458,88 @@ def run_experiment(
     return record
 
 
-def run_imputed_tabular(
+def plan_tabular_scaling(
+    args: argparse.Namespace,
+    frames: dict[str, pd.DataFrame],
+    *,
+    sensitive: Sequence[str],
+    categorical: Sequence[str],
+    bounds: dict[str, tuple[float, float]],
+    support_where: str,
+) -> tuple[ScalingPlan, pd.DataFrame]:
+    """The original view's statistics for ``--scaling``, and the rows the shared statistics are fitted on.
+
+    ``frames``: ``train`` (original rows), ``train_imputed`` (hybrid), ``support`` (public, or None).
+    Shared statistics (public columns, vocabularies) come from the hybrid and support rows under
+    feature-level DP; under sample-level DP (dpsgd) every column of a training row is private, so
+    from the support rows alone. Only ``--scaling dp`` (through the Gaussian mechanism) and
+    ``--scaling private`` (not private, and recorded so) read original values.
+    """
+    mode = get_mode(args.mode)
+    sample_level = mode.relation == ADD_REMOVE
+    numeric_sensitive = [c for c in sensitive if c not in set(categorical)]
+    original, hybrid, support = frames["train"], frames["train_imputed"], frames.get("support")
+    public_rows = (
+        hybrid
+        if support is None
+        else pd.concat([hybrid, support[hybrid.columns.intersection(support.columns)]])
+    )
+    if args.scaling == "private":
+        plan = ScalingPlan(
+            "private",
+            column_statistics(original, numeric_sensitive),
+            "mean/std of the training rows' ORIGINAL values, as the authors do: NOT PRIVATE",
+            reads_private_values=True,
+        )
+        return plan, original if sample_level else public_rows
+    if args.scaling == "dp":
+        if sample_level:
+            raise ValueError(
+                f"--scaling dp estimates only the sensitive columns, but {mode.name} protects whole rows: "
+                "every statistic it uses must come from public rows. Use --scaling support."
+            )
+        wanted = {c: bounds[c] for c in numeric_sensitive if c in bounds}
+        check_bounds(bounds, numeric_sensitive)
+        check_bounds_cover_public(wanted, public_rows, what="hybrid and support rows")
+        seed = secrets.randbits(62) if args.secure_rng else args.seed + 3
+        stats = dp_statistics(
+            original,
+            bounds=wanted,
+            noise_multiplier=args.scaling_noise_multiplier,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        description = (
+            f"Gaussian-mechanism estimate from the {len(original)} training rows' original values "
+            f"(noise multiplier {args.scaling_noise_multiplier}, ranges {wanted}), composed into epsilon"
+        )
+        return ScalingPlan(
+            "dp", stats, description, stats_noise_multiplier=args.scaling_noise_multiplier
+        ), public_rows
+    if support is None and (sample_level or numeric_sensitive):
+        support_statistics(None, numeric_sensitive, where=support_where)  # raises the clear error
+    stats = support_statistics(support, numeric_sensitive, where=support_where) if numeric_sensitive else {}
+    description = f"true values of the public support set ({support_where}, {len(support)} rows)"
+    return ScalingPlan("support", stats, description), support if sample_level else public_rows
+
+
+def run_tabular(
     args: argparse.Namespace,
     *,
     dataset: str,
-    public: list[str],
-    sensitive: list[str],
-    categorical: list[str],
+    frames: dict[str, pd.DataFrame],
+    public: Sequence[str],
+    sensitive: Sequence[str],
+    categorical: Sequence[str],
     label: str,
+    bounds: dict[str, tuple[float, float]],
+    support_where: str,
     build_model: Callable[[int], nn.Module],
+    extra_record: dict | None = None,
 ) -> dict:
-    """Train on the splits an ``impute_<dataset>.py`` wrote to ``args.data_dir`` and record the run.
-
-    Vocabularies and scalers are fitted on the hybrid rows plus the public support set; the record
-    names the imputer that made the hybrid file (and whether it deviates from the paper).
-    """
-    frames = load_imputed_splits(
-        args.data_dir, dataset=dataset, public=public, sensitive=sensitive, label=label
+    """Scale each view (``--scaling``), build the tensors, train and record one tabular run."""
+    plan, shared_fit = plan_tabular_scaling(
+        args, frames, sensitive=sensitive, categorical=categorical, bounds=bounds, support_where=support_where
     )
-    info_path = Path(args.data_dir) / "imputation_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {"imputer": "unknown"}
     data, _ = prepare_tabular(
         frames["train"],
         frames["train_imputed"],
@@ -400,9 +549,10 @@ def run_imputed_tabular(
         public=public,
         label=label,
         categorical=categorical,
-        one_hot=args.one_hot,
+        one_hot=getattr(args, "one_hot", False),
         noise_seed=args.seed,
-        extra_public=frames["support"],
+        original_stats=plan.stats,
+        shared_fit=shared_fit,
     )
     record = run_experiment(
         args,
@@ -410,13 +560,50 @@ def run_imputed_tabular(
         data=data,
         build_model=lambda: build_model(data.num_features),
         loss_fn=binary_bce,
+        extra_record={"sensitive_columns": list(sensitive), **(extra_record or {})},
+        scaling=plan,
+    )
+    keys = ("mode", "epsilon", "epsilon_spent", "sigma", "alpha_used", "test_auroc", "test_aupr", "test_f1")
+    print(json.dumps({k: record.get(k) for k in keys}))
+    return record
+
+
+def run_imputed_tabular(
+    args: argparse.Namespace,
+    *,
+    dataset: str,
+    public: list[str],
+    sensitive: list[str],
+    categorical: list[str],
+    label: str,
+    bounds: dict[str, tuple[float, float]],
+    build_model: Callable[[int], nn.Module],
+) -> dict:
+    """Train on the splits an ``impute_<dataset>.py`` wrote to ``args.data_dir`` and record the run.
+
+    The support set is public: it scales the original view (``--scaling support``) and joins the
+    hybrid rows in fitting vocabularies and public columns' scales. The record names the imputer
+    that made the hybrid file (and whether it deviates from the paper).
+    """
+    frames = load_imputed_splits(
+        args.data_dir, dataset=dataset, public=public, sensitive=sensitive, label=label
+    )
+    info_path = Path(args.data_dir) / "imputation_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {"imputer": "unknown"}
+    return run_tabular(
+        args,
+        dataset=dataset,
+        frames=frames,
+        public=public,
+        sensitive=sensitive,
+        categorical=categorical,
+        label=label,
+        bounds=bounds,
+        support_where=str(Path(args.data_dir) / f"{dataset}_support.csv"),
+        build_model=build_model,
         extra_record={
             "data_dir": str(args.data_dir),
-            "sensitive_columns": sensitive,
             "imputer": info.get("imputer"),
             "deviation_from_paper": info.get("deviation_from_paper"),
         },
     )
-    keys = ("mode", "epsilon", "epsilon_spent", "sigma", "test_auroc", "test_aupr", "test_f1", "imputer")
-    print(json.dumps({k: record.get(k) for k in keys}))
-    return record

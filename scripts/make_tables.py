@@ -6,7 +6,8 @@
 
 The plot draws --y (default test AUPR) against the target ε, one line per DP mode; the non-private
 modes, for which ε means nothing, are horizontal dashed lines. Runs whose settings void their
-guarantee (``outside_guarantee`` in the record) are left out unless --include_outside_guarantee; a
+guarantee (``outside_guarantee`` in the record, other than seeded experiment mode, which every
+reproducible table is made of) are left out unless --include_outside_guarantee; a
 cell that pools runs with different settings (other than the seed) is reported on stderr.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from fusiondp.modes import MODES
-from fusiondp.results import flags_to_conditions, load_records
+from fusiondp.results import EXPERIMENT_MODE, flags_to_conditions, load_records
 
 DEFAULT_METRICS = ["test_aupr", "test_auroc", "test_f1", "test_acc"]
 
@@ -49,9 +50,15 @@ def load_frame(
     records = [r for p in paths for r in load_records(p)]
     if not records:
         raise SystemExit(f"no records in {[str(p) for p in paths]}")
-    outside = [r for r in records if r.get("outside_guarantee")]
+
+    # Seeded (experiment-mode) runs stay: reproducible tables are made of them, and every one of them
+    # says so. What is left out is a configuration that voids the guarantee whatever the RNG.
+    def voided(record: dict) -> bool:
+        return any(reason != EXPERIMENT_MODE for reason in record.get("outside_guarantee") or [])
+
+    outside = [r for r in records if voided(r)]
     if outside and not include_outside_guarantee:
-        records = [r for r in records if not r.get("outside_guarantee")]
+        records = [r for r in records if not voided(r)]
         print(
             f"note: left out {len(outside)} run(s) whose settings void their guarantee "
             "(e.g. --c_h_from_private); --include_outside_guarantee keeps them",

@@ -7,11 +7,20 @@ r"""Each run's privacy guarantee in words and numbers, from its result record.
 
 Per run: which columns are protected and under which neighbouring relation; (ε, δ) under BOTH
 relations (zero-out and replace-one) for the σ actually used, with the accountant of each; σ, q, T;
-the settings that put the run outside its guarantee; and what is NOT protected — labels, public
-columns, and what the public columns reveal about the sensitive ones, measured by the imputer's
-accuracy (read from ``imputation_metrics.csv`` in the record's data_dir, or computed from
-``train_ori.csv``/``train_hybrid.csv`` there for the sepsis release; "unavailable" otherwise).
-Records written before the per-relation fields existed get them recomputed from (σ, q, T, δ).
+the randomness (``rng``: a run seeded from its recorded --seed is an experiment, and its guarantee
+does not hold; --secure_rng runs draw the sampler and the noise from OS entropy); where the original
+view's sensitive-column scaling came from (``scaling``: support set, DP estimate and its ε cost, or
+the private training values); the settings that put the run outside its guarantee; and what is NOT
+protected — labels, public columns, and what the public columns reveal about the sensitive ones,
+measured by the imputer's quality on HELD-OUT rows (the val/test rows of ``imputation_metrics.csv``
+in the record's data_dir, as impute_<dataset>.py writes it; "unavailable" otherwise).
+
+Privacy contract: this report never reads a training file. Imputation quality on training rows (the
+original vs the hybrid training values) is a function of their sensitive values and is never computed
+or shown here; an ``imputation_metrics.csv`` without a ``rows`` column (older versions measured it on
+training rows) or with rows other than val/test is refused, not printed.
+Records written before the per-relation fields existed get them recomputed from (σ, q, T, δ); records
+without ``rng`` are treated as seeded (they predate --secure_rng).
 """
 
 from __future__ import annotations
@@ -26,11 +35,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusiondp.cli import run_main
-from fusiondp.impute import imputation_quality
+from fusiondp.impute import QUALITY_ROWS
 from fusiondp.privacy import REPLACE_ONE, ZERO_OUT, feature_epsilons, make_privacy_spec, num_steps
 from fusiondp.results import flags_to_conditions, load_records
 
-SEPSIS_FILES = ("train_ori.csv", "train_hybrid.csv")
+SEEDED_REASON = "sampler and noise seeded from a recorded seed (experiment mode)"
+PRIVATE_SCALING_REASON = (
+    "original view's sensitive columns scaled with statistics of the private training values "
+    "(scaling 'private': a reference setting)"
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -81,29 +94,122 @@ def epsilon_table(
 
 
 def imputation_summary(record: dict) -> tuple[str, pd.DataFrame | None]:
-    """(where the numbers come from, per-column imputation quality) for the record's data, if found."""
-    data_dir = Path(record.get("data_dir") or "")
+    """(where the numbers come from, per-column imputation quality on held-out rows) for the record.
+
+    Reads only ``imputation_metrics.csv`` in the record's data_dir, and only its held-out rows
+    (:data:`fusiondp.impute.QUALITY_ROWS`); a file that was (or may have been) measured on training
+    rows is refused with the reason. Never reads training files.
+    """
     if not record.get("data_dir"):
         return "unavailable: the record names no data_dir", None
+    data_dir = Path(record["data_dir"])
     metrics = data_dir / "imputation_metrics.csv"
-    if metrics.is_file():
-        return f"{metrics}", pd.read_csv(metrics)
-    original, hybrid = (data_dir / name for name in SEPSIS_FILES)
-    sensitive = record.get("sensitive_columns") or []
-    if original.is_file() and hybrid.is_file() and sensitive:
-        true, imputed = pd.read_csv(original, usecols=sensitive), pd.read_csv(hybrid, usecols=sensitive)
-        categorical = [c for c in sensitive if true[c].nunique() <= 10]
+    if not metrics.is_file():
         return (
-            f"computed now from {original.name} vs {hybrid.name} in {data_dir} (training rows)",
-            imputation_quality(true, imputed, categorical=categorical),
+            f"unavailable: no imputation_metrics.csv in {data_dir} (impute_<dataset>.py writes it, measured "
+            "on held-out val/test rows; the authors' sepsis release ships none, and quality on training "
+            "rows is never computed for a report)",
+            None,
         )
-    return f"unavailable: no imputation_metrics.csv or {'/'.join(SEPSIS_FILES)} in {data_dir}", None
+    quality = pd.read_csv(metrics)
+    if "rows" not in quality.columns:
+        return (
+            f"not shown: {metrics} has no 'rows' column, so it was written before imputation quality moved "
+            "to held-out rows and was measured on TRAINING rows (a private evaluation, never to be "
+            "published); rerun impute_<dataset>.py to measure it on val/test rows",
+            None,
+        )
+    found = list(dict.fromkeys(quality["rows"].astype(str)))
+    outside = [r for r in found if r not in QUALITY_ROWS]
+    if outside:
+        return (
+            f"not shown: {metrics} holds quality on rows {outside}; only held-out rows {list(QUALITY_ROWS)} "
+            "may be reported (training rows are a private evaluation)",
+            None,
+        )
+    return f"{metrics}, held-out rows: {', '.join(found)}", quality
 
 
 def _quality_line(row: pd.Series) -> str:
+    where = f"{row['column']} ({row['rows']} rows)"
     if row["type"] == "categorical":
-        return f"{row['column']}: accuracy {row['accuracy']:.3f}, macro-F1 {row['macro_f1']:.3f}"
-    return f"{row['column']}: R² {row['r2']:.3f}, MSE {row['mse']:.4g}"
+        return f"{where}: accuracy {row['accuracy']:.3f}, macro-F1 {row['macro_f1']:.3f}"
+    return f"{where}: R² {row['r2']:.3f}, MSE {row['mse']:.4g}"
+
+
+def rng_lines(record: dict) -> list[str]:
+    """The run's randomness in words; for a seeded DP run, why its guarantee does not hold.
+
+    ``rng`` is "seeded" (the Poisson sampler and the DP noise drawn from the recorded --seed) or
+    "secure" (--secure_rng: OS entropy, seeds never recorded); records without it are seeded.
+    """
+    rng = record.get("rng")
+    if rng not in (None, "seeded", "secure"):
+        raise ValueError(f"record field rng must be 'seeded' or 'secure', got {rng!r}.")
+    dp = record.get("sigma") is not None
+    if rng == "secure":
+        return [
+            "Randomness: secure (--secure_rng): the Poisson sampler and the DP noise are drawn from OS "
+            "entropy; their seeds are never recorded."
+        ]
+    origin = " (the record predates the rng field: treated as seeded)" if rng is None else ""
+    if not dp:
+        return [
+            f"Randomness: seeded from the recorded seed {record.get('seed')}{origin}; this mode adds no "
+            "DP noise, so the seed does not change its guarantee."
+        ]
+    return [
+        f"Randomness: seeded (experiment mode){origin}: the Poisson sampler and the DP noise are drawn "
+        f"from the recorded seed {record.get('seed')}.",
+        "EXPERIMENT MODE: the guarantee does NOT hold for this model: anyone who knows the seed can "
+        "reproduce the sampler and the noise (and subtract the noise from the update). The (ε, δ) above "
+        "describe the mechanism, i.e. what a secure run with the same settings gets. To train a model you "
+        "may release, rerun with --secure_rng.",
+    ]
+
+
+def scaling_line(record: dict) -> str:
+    """Where the original view's sensitive-column statistics (scaler, NaN fill) came from."""
+    scaling = record.get("scaling")
+    what = "Scaling of the original view's sensitive columns"
+    if scaling is None:
+        return f"{what}: not recorded (the record predates the scaling field)."
+    if scaling == "support":
+        return f"{what}: statistics of the public support set (true values of public rows): no privacy cost."
+    if scaling == "dp":
+        cost = record.get("scaling_epsilon_cost")
+        spent = "ε cost not recorded" if cost is None else f"they took ε = {float(cost):g} of the run's ε"
+        return (
+            f"{what}: a DP estimate from the training rows' original values ({spent}, composed into the "
+            "guarantee above)."
+        )
+    if scaling == "private":
+        consequence = (
+            "the guarantee does NOT hold: these statistics are a function of private values computed "
+            "outside the mechanism"
+            if record.get("sigma") is not None
+            else "outside any guarantee"
+        )
+        return (
+            f"{what}: statistics of the training rows' ORIGINAL (private) values, a reference setting, "
+            f"NOT private: {consequence}."
+        )
+    raise ValueError(f"record field scaling must be 'support', 'dp' or 'private', got {scaling!r}.")
+
+
+def guarantee_status(record: dict) -> tuple[bool, list[str]]:
+    """(does the guarantee hold, reasons it does not): the record's own, plus the seeded-randomness and
+    private-scaling conditions for DP runs whose record predates those fields."""
+    outside = list(record.get("outside_guarantee") or [])
+    holds = bool(record.get("privacy_guarantee_holds"))
+    if record.get("sigma") is not None:
+        if record.get("rng", "seeded") == "seeded" and not any("seed" in r for r in outside):
+            outside.append(SEEDED_REASON)
+        if record.get("scaling") == "private" and not any(
+            "scal" in r.lower() or "statistic" in r.lower() for r in outside
+        ):
+            outside.append(PRIVATE_SCALING_REASON)
+    return holds and not outside, outside
 
 
 def per_relation(record: dict) -> dict:
@@ -159,23 +265,28 @@ def report(record: dict) -> str:
             f"Mechanism: σ = {record['sigma']:.4f}, q = b/N = {record['sample_rate']:.5f}, T = {record['steps']} "
             f"steps, clip C = {record.get('max_grad_norm')}.",
         ]
-    holds = record.get("privacy_guarantee_holds")
-    outside = record.get("outside_guarantee") or []
+    holds, outside = guarantee_status(record)
     lines.append(
         f"Guarantee holds: {'yes' if holds else 'NO'}"
         + (f" — outside it: {'; '.join(outside)}." if outside else ".")
     )
-    lines.append(
+    lines += rng_lines(record)
+    lines.append(scaling_line(record))
+    settings = (
         f"Settings: C_h {record.get('c_h_source')}; divide_by_realised_batch "
-        f"{record.get('divide_by_realised_batch')}; noise {record.get('noise_source')}."
+        f"{record.get('divide_by_realised_batch')}"
     )
+    if record.get("noise_source"):
+        settings += f"; noise {record['noise_source']}"
+    lines.append(settings + ".")
     for note in record.get("privacy_notes") or []:
         lines.append(f"Note: {note}.")
     lines += [
         "",
         "NOT protected: the labels; the public columns (every feature other than the protected ones); "
         "and whatever the public columns reveal about the protected ones. The imputer measures that last "
-        "part (its accuracy is an evaluation against the true values, reported, never used in training):",
+        "part on held-out val/test rows (an evaluation against their true values, never on training rows, "
+        "never used in training):",
     ]
     source, quality = imputation_summary(record)
     lines.append(f"  imputation quality ({source}){':' if quality is not None else ''}")

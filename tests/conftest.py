@@ -53,13 +53,17 @@ def make_sepsis_frames(n_train: int = 240, n_eval: int = 80, seed: int = 0) -> d
             "Unit2",
         ]
     ]  # the release's column order
-    return {"original": original, "hybrid": hybrid, "val": rows(n_eval), "test": rows(n_eval)}
+    frames = {"original": original, "hybrid": hybrid, "val": rows(n_eval), "test": rows(n_eval)}
+    frames["support"] = rows(60)  # public rows with true sensitive values (the script's support.csv)
+    return frames
 
 
 def write_sepsis_dir(folder: Path, frames: dict[str, pd.DataFrame]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split, name in sepsis.FILES.items():
         frames[split].to_csv(folder / name, index=False)
+    if frames.get("support") is not None:
+        frames["support"].to_csv(folder / sepsis.SUPPORT_FILE, index=False)
     return folder
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import impute_bank
 import train_fusiondp_bank
+from fusiondp.impute import split_indices
 from fusiondp.results import load_records
 
 SIZES = ["64", "300", "80", "80"]
@@ -65,8 +66,9 @@ def test_impute_then_train_hgb(tmp_path, separator):
     train, hybrid = pd.read_csv(out / "bank_train.csv"), pd.read_csv(out / "bank_train_imputed.csv")
     assert len(train) == 300 and (train[impute_bank.PUBLIC].equals(hybrid[impute_bank.PUBLIC]))
     assert json.loads((out / "imputation_info.json").read_text())["deviation_from_paper"].startswith("hgb")
-    metrics = pd.read_csv(out / "imputation_metrics.csv").set_index("column")
-    assert set(metrics.index) == set(impute_bank.SENSITIVE) and 0 <= metrics.loc["job", "accuracy"] <= 1
+    metrics = pd.read_csv(out / "imputation_metrics.csv")
+    assert set(metrics["column"]) == set(impute_bank.SENSITIVE) and set(metrics["rows"]) == {"val", "test"}
+    assert metrics["accuracy"].dropna().between(0, 1).all()
     assert "unknown" not in set(train["job"].dropna()) and train["job"].isna().any()  # 'unknown' is missing
     assert not train["age"].equals(hybrid["age"])  # the hybrid really carries imputations
     results = tmp_path / "r.jsonl"
@@ -136,6 +138,7 @@ def test_missing_weights_fail_before_work(tmp_path):
 def test_scrambling_original_sensitive_values_changes_no_public_input(tmp_path):
     # Vocabularies, caps and scalers come from hybrid + support rows: the originals must not matter.
     from fusiondp.data import load_imputed_splits, prepare_tabular
+    from fusiondp.scaling import support_statistics
 
     csv = tmp_path / "bank.csv"
     _bank_table().to_csv(csv, index=False)
@@ -158,7 +161,8 @@ def test_scrambling_original_sensitive_values_changes_no_public_input(tmp_path):
         "label": impute_bank.LABEL,
         "categorical": impute_bank.CATEGORICAL,
         "one_hot": True,
-        "extra_public": frames["support"],
+        "original_stats": support_statistics(frames["support"], ["age"], where="bank_support.csv"),
+        "shared_fit": pd.concat([frames["train_imputed"], frames["support"]]),
     }
     a, _ = prepare_tabular(frames["train"], frames["train_imputed"], frames["val"], frames["test"], **kw)
     b, _ = prepare_tabular(scrambled, frames["train_imputed"], frames["val"], frames["test"], **kw)
@@ -166,3 +170,29 @@ def test_scrambling_original_sensitive_values_changes_no_public_input(tmp_path):
     assert a.feature_names == b.feature_names
     for name in ("hybrid", "noise", "x_val", "x_test", "y"):
         assert np.array_equal(getattr(a, name).numpy(), getattr(b, name).numpy()), name
+
+
+def test_published_quality_does_not_depend_on_any_training_row(tmp_path):
+    """Privacy: imputation_metrics.csv and imputation_info.json are measured on held-out val/test rows,
+    so changing one training row's sensitive values leaves both byte-identical."""
+    table, csv = _bank_table(), tmp_path / "bank.csv"
+    table.to_csv(csv, index=False)
+    _, out = _impute(tmp_path, csv, "--imputer", "hgb")
+    published = ("imputation_metrics.csv", "imputation_info.json")
+    before = {name: (out / name).read_bytes() for name in published}
+    train_before = (out / "bank_train.csv").read_bytes()
+    sizes = dict(zip(("support", "train", "val", "test"), map(int, SIZES), strict=True))
+    row = split_indices(len(table), sizes, seed=66)["train"][0]
+    table.loc[row, "age"] += 50
+    table.loc[row, "job"] = "retired" if table.loc[row, "job"] != "retired" else "admin."
+    table.to_csv(csv, index=False)
+    _impute(tmp_path, csv, "--imputer", "hgb")
+    assert (out / "bank_train.csv").read_bytes() != train_before  # the training row did change
+    for name in published:
+        assert (out / name).read_bytes() == before[name], name
+    metrics = pd.read_csv(out / "imputation_metrics.csv")
+    assert list(dict.fromkeys(metrics["rows"])) == ["val", "test"]
+    assert (metrics.groupby("rows")["n"].max() <= 80).all()  # val and test hold 80 rows each
+    info = json.loads((out / "imputation_info.json").read_text())
+    assert info["imputation_quality"]["rows"] == ["val", "test"]
+    assert "training rows' sensitive values are never read" in info["imputation_quality"]["measured_on"]

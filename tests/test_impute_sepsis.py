@@ -82,8 +82,14 @@ def test_raw_psv_files_to_splits_and_training(tmp_path):
         frames["train_imputed"].columns
     )
     pd.testing.assert_frame_equal(frames["train"][sepsis.PUBLIC], frames["train_imputed"][sepsis.PUBLIC])
-    quality = pd.read_csv(out / "imputation_metrics.csv").set_index("column")
-    assert quality.loc["Age", "r2"] > 0.5  # HR carries Age in this synthetic data
+    quality = pd.read_csv(out / "imputation_metrics.csv").set_index(["rows", "column"])
+    assert set(quality.index.get_level_values("rows")) == {"val", "test"}  # held-out rows only
+    assert quality.loc[("val", "Age"), "n"] == len(frames["val"])
+    assert quality.loc[("test", "Age"), "r2"] > 0.5  # HR carries Age in this synthetic data
+    assert json.loads((out / "imputation_info.json").read_text())["imputation_quality"]["rows"] == [
+        "val",
+        "test",
+    ]
     # The written folder is what train_fusiondp_sepsis.py reads.
     record = sepsis.main(sepsis_args(out, "--mode", "fusiondp", "--epsilon", "2"))
     assert np.isfinite(record["test_aupr"])
@@ -108,7 +114,9 @@ def test_raw_input_errors(tmp_path):
 
 def _released(tmp_path, *extra, imputer="hgb"):
     frames = make_sepsis_frames(n_train=400, n_eval=60, seed=3)
-    frames["original"]["HR"] = frames["original"]["Age"] / 20 + np.random.default_rng(1).normal(size=400)
+    rng = np.random.default_rng(1)
+    for split in ("original", "val", "test"):  # HR carries Age in every split, held-out ones included
+        frames[split]["HR"] = frames[split]["Age"] / 20 + rng.normal(size=len(frames[split]))
     frames["hybrid"]["HR"] = frames["original"]["HR"]
     data = write_sepsis_dir(tmp_path / "release", frames)
     out = tmp_path / "out"
@@ -121,7 +129,9 @@ def _released(tmp_path, *extra, imputer="hgb"):
 
 def test_released_rows_support_held_out_and_reference_on_the_same_rows(tmp_path):
     frames, _, out, args = _released(tmp_path)
-    impute_sepsis.main(args)
+    out.mkdir()
+    (out / "imputation_metrics_reference.csv").write_text("written by an earlier version\n")
+    result = impute_sepsis.main(args)
     ids = split_indices(400, {"support": 100, "train": 300}, seed=5)
     train = pd.read_csv(out / "train_ori.csv")
     hybrid = pd.read_csv(out / "train_hybrid.csv")
@@ -145,26 +155,33 @@ def test_released_rows_support_held_out_and_reference_on_the_same_rows(tmp_path)
         and "dropped from the training rows" in info["support_set"]
     )
     assert info["imputer_settings"]["blend_columns"] == ["Age", "HospAdmTime", "ICULOS"]
-    # The authors' hybrid on the same rows, and its quality measured on them.
+    # The authors' hybrid on the same rows, as a data folder; it is NOT scored (it exists for training
+    # rows only, and a score on training rows is a private evaluation): the stale file is removed.
     ref = pd.read_csv(out / "reference_tabpfn" / "train_hybrid.csv")
     expected = frames["hybrid"].iloc[ids["train"]]["Age"].to_numpy()
     np.testing.assert_allclose(ref["Age"], expected)
-    ref_quality = pd.read_csv(out / "imputation_metrics_reference.csv").set_index("column")
-    assert (
-        ref_quality.loc["Gender", "n"] == 300 and ref_quality["imputer"].iloc[0] == "authors_tabpfn_release"
+    assert result["reference_dir"] == str(out / "reference_tabpfn") and "reference_quality" not in result
+    assert not (out / "imputation_metrics_reference.csv").exists()
+    assert not [p.name for p in out.rglob("*metrics*") if p.name != "imputation_metrics.csv"]
+    ours = pd.read_csv(out / "imputation_metrics.csv").set_index(["rows", "column"])
+    assert ours.loc[("val", "Gender"), "n"] == 60 and ours.loc[("test", "Gender"), "n"] == 60  # held out
+    assert ours.loc[("test", "Age"), "r2"] > 0.3  # HR carries Age here
+    # The reference folder has no support.csv: the script splits its own off train_ori.csv.
+    reference = sepsis.main(
+        sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid", "--support_rows", "30")
     )
-    ours = pd.read_csv(out / "imputation_metrics.csv").set_index("column")
-    assert ours.loc["Age", "r2"] > 0.3  # HR carries Age here
-    reference = sepsis.main(sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid"))
     assert np.isfinite(reference["test_aupr"])
     assert reference["imputer"].startswith("TabPFN, as released by the authors")
 
 
 def test_imputations_never_read_training_sensitive_values_or_iculos_bin(tmp_path):
-    """Privacy: scrambling the training rows' sensitive values and ICULOS_bin changes no imputation."""
+    """Privacy: scrambling the training rows' sensitive values and ICULOS_bin changes no imputation,
+    and leaves the published quality (imputation_metrics.csv, imputation_info.json) byte-identical."""
     frames, data, out, args = _released(tmp_path)
     impute_sepsis.main(args)
     before = pd.read_csv(out / "train_hybrid.csv")[sepsis.SENSITIVE]
+    published = ("imputation_metrics.csv", "imputation_info.json")
+    published_before = {name: (out / name).read_bytes() for name in published}
     ids = split_indices(400, {"support": 100, "train": 300}, seed=5)["train"]
     original = frames["original"]
     rng = np.random.default_rng(9)
@@ -175,6 +192,14 @@ def test_imputations_never_read_training_sensitive_values_or_iculos_bin(tmp_path
     original.to_csv(data / "train_ori.csv", index=False)
     impute_sepsis.main(args)
     pd.testing.assert_frame_equal(pd.read_csv(out / "train_hybrid.csv")[sepsis.SENSITIVE], before)
+    for name in published:
+        assert (out / name).read_bytes() == published_before[name], name
+    # one training row's Age alone (the issue's example) moves nothing published either
+    original.loc[ids[0], "Age"] += 40
+    original.to_csv(data / "train_ori.csv", index=False)
+    impute_sepsis.main(args)
+    for name in published:
+        assert (out / name).read_bytes() == published_before[name], name
 
 
 def test_released_input_errors(tmp_path):

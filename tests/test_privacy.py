@@ -279,6 +279,8 @@ def test_cli_refuses_replace_one_with_rdp(sepsis_dir, capsys, monkeypatch):
             str(sepsis_dir),
             "--neighbouring",
             "replace_one",
+            "--accountant",
+            "rdp",
             "--no_progress",
         ],
     )

@@ -10,7 +10,7 @@ from conftest import REPO, sepsis_args
 
 import train_fusiondp_sepsis as sepsis
 from fusiondp.modes import MODES
-from fusiondp.results import load_records
+from fusiondp.results import EXPERIMENT_MODE, load_records
 
 FLAT_KEYS = (
     "dataset mode epsilon delta seed epochs batch_size lr max_grad_norm alpha beta c_h sigma sample_rate steps "
@@ -39,12 +39,16 @@ def test_every_mode_runs_end_to_end_and_records(tmp_path, sepsis_dir, mode):
             assert stored["accountant"].startswith("pld")
             assert stored["epsilon_replace_one"] == stored["epsilon_spent"]
         else:
-            assert stored["accountant"] == "rdp"
+            assert stored["accountant"] == "pld"  # the tightest accountant correct for every relation
             assert stored["epsilon_replace_one"] > stored["epsilon_spent"]  # sensitivity 2C costs more
-        assert "predictable" in stored["noise_source"]
+        # Seeded sampler and noise: an experiment, reproducible, and its record says no ε holds.
+        assert stored["rng"] == "seeded"
+        assert stored["outside_guarantee"] == [EXPERIMENT_MODE]
+        assert stored["privacy_guarantee_holds"] is False
     else:
         assert stored["sigma"] is None and stored["neighbouring_relation"] is None
-    assert stored["privacy_guarantee_holds"] is (mode != "sgd_ori")
+        assert stored["privacy_guarantee_holds"] is (mode != "sgd_ori")
+    assert stored["scaling"] == "support" and stored["scaling_epsilon_cost"] is None
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(sepsis_dir):
@@ -166,13 +170,31 @@ def test_make_tables_mean_std_count_and_plot(tmp_path):
     assert "| 1.0 | 0.6667 ± 0.1528 | 3 |" in grouped.stdout
 
 
-def test_secure_noise_is_not_reproducible_and_says_so(sepsis_dir):
-    runs = [sepsis.main(sepsis_args(sepsis_dir, "--mode", "dpsgd", "--secure_noise")) for _ in range(2)]
-    assert runs[0]["epochs_log"] != runs[1]["epochs_log"]
-    assert runs[0]["noise_source"].startswith("secure")
+@pytest.mark.parametrize("mode", ["dpsgd", "fusiondp"])
+def test_secure_rng_is_not_reproducible_and_keeps_no_seed(tmp_path, sepsis_dir, mode):
+    out = tmp_path / "r.jsonl"
+    args = ("--mode", mode, "--seed", "5", "--secure_rng", "--results_json", str(out))
+    runs = [sepsis.main(sepsis_args(sepsis_dir, *args)) for _ in range(2)]
+    assert runs[0]["epochs_log"] != runs[1]["epochs_log"]  # same --seed, other batches and noise
+    for record in load_records(out):
+        assert record["rng"] == "secure" and record["privacy_guarantee_holds"] is True
+        assert record["outside_guarantee"] == []
+        # Only --seed (model init, public batches) is written anywhere; no sampler or noise seed.
+        seeds = {k: v for k, v in record.items() if "seed" in k.lower()}
+        assert seeds == {"seed": 5}, seeds
+        assert {k for k in record["args"] if "seed" in k} <= {"seed", "support_seed"}
+
+
+def test_seeded_run_reproduces_exactly_and_says_it_is_an_experiment(sepsis_dir):
+    runs = [sepsis.main(sepsis_args(sepsis_dir, "--mode", "dpsgd", "--seed", "5")) for _ in range(2)]
+    assert runs[0]["epochs_log"] == runs[1]["epochs_log"]
+    assert runs[0]["privacy_guarantee_holds"] is False
+    assert runs[0]["outside_guarantee"] == [EXPERIMENT_MODE]
 
 
 def test_reference_options_are_recorded_as_outside_the_guarantee(sepsis_dir):
-    record = sepsis.main(sepsis_args(sepsis_dir, "--mode", "calibrated_fusion", "--divide_by_realised_batch"))
+    record = sepsis.main(
+        sepsis_args(sepsis_dir, "--mode", "calibrated_fusion", "--divide_by_realised_batch", "--secure_rng")
+    )
     assert record["privacy_guarantee_holds"] is False
     assert "realised batch size" in record["outside_guarantee"][0]
