@@ -398,6 +398,7 @@ def run_experiment(
         "alpha": args.alpha,
         "alpha_used": cfg.w_priv if mode.private_loss == "difference" else None,
         "alpha_rule": alpha_rule,
+        "max_private_noise": args.max_private_noise,
         "beta": args.beta,
         "max_param_norm": args.max_param_norm,
         "c_h": c_h,

@@ -32,7 +32,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+", type=Path, help="JSON-lines result files")
     parser.add_argument("--group", nargs="+", default=["mode", "epsilon"], help="columns to group by")
     parser.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS)
-    parser.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE", help="keep matching runs only")
+    parser.add_argument(
+        "--where",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep matching runs only; KEY=a,b keeps either value, KEY=none a missing one",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here too")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG: --y against epsilon per mode")
     parser.add_argument("--y", default="test_aupr", help="metric of the plot")
@@ -68,7 +74,10 @@ def load_frame(
     for key, value in flags_to_conditions([f"--{w}" for w in where]).items():
         if key not in frame:
             raise SystemExit(f"--where {key}={value}: no column {key!r} in the records")
-        frame = frame[frame[key].astype(str).isin([value, str(float(value)) if _numeric(value) else value])]
+        wanted = set()
+        for v in value.split(","):  # KEY=a,b keeps either; "none" also matches a missing value
+            wanted |= {v, str(float(v))} if _numeric(v) else ({"None", "nan"} if v.lower() == "none" else {v})
+        frame = frame[frame[key].astype(str).isin(wanted)]
     return frame
 
 
