@@ -23,7 +23,7 @@ import pandas as pd
 
 from fusiondp.cli import run_main
 from fusiondp.data import check_columns
-from fusiondp.impute import add_imputer_args, impute_dataset
+from fusiondp.impute import add_imputer_args, check_imputer_ready, impute_dataset
 
 COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
            "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
@@ -98,6 +98,7 @@ def load_adult(data_dir: Path | None, *, ucimlrepo: bool = False) -> tuple[pd.Da
 
 
 def main(args: argparse.Namespace) -> dict:
+    check_imputer_ready(args)  # before any work: a missing model is a one-line error
     df, source = load_adult(args.data_dir, ucimlrepo=args.ucimlrepo)
     return impute_dataset(
         df, args, dataset="adult", public=PUBLIC, sensitive=SENSITIVE, categorical=CATEGORICAL, source=source

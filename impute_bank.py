@@ -27,7 +27,7 @@ import pandas as pd
 
 from fusiondp.cli import run_main
 from fusiondp.data import check_columns, data_root
-from fusiondp.impute import add_imputer_args, impute_dataset, output_files
+from fusiondp.impute import add_imputer_args, check_imputer_ready, impute_dataset, output_files
 
 SENSITIVE = ["age", "job", "marital", "education", "housing"]
 PUBLIC = ["default", "balance", "loan", "contact", "day", "month", "duration", "campaign", "pdays", "previous",
@@ -86,6 +86,7 @@ def load_bank(data_csv: Path | None, *, ucimlrepo: bool = False) -> pd.DataFrame
 
 
 def main(args: argparse.Namespace) -> dict:
+    check_imputer_ready(args)  # before any work: a missing model is a one-line error
     df = load_bank(args.data_csv, ucimlrepo=args.ucimlrepo)
     source = (
         "ucimlrepo id 222" if args.ucimlrepo else str(args.data_csv or data_root() / "bank" / "bank-full.csv")

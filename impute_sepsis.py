@@ -52,6 +52,7 @@ from fusiondp.data import check_aligned, check_binary_label, check_columns, data
 from fusiondp.impute import (
     add_imputer_args,
     check_disjoint,
+    check_imputer_ready,
     impute_splits,
     split_indices,
     write_csv,
@@ -188,6 +189,7 @@ def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path) -> Pat
 
 
 def main(args: argparse.Namespace) -> dict:
+    check_imputer_ready(args)  # before any work: a missing model is a one-line error
     if args.raw_dir is not None:
         frames, reference = raw_splits(load_raw(args.raw_dir, progress=not args.no_progress), args), None
         source = f"raw PhysioNet 2019 .psv files in {args.raw_dir}"

@@ -262,7 +262,7 @@ class SensitiveImputer:
                 self.model_paths, needed=sorted(set().union(*(self._tasks(c) for c in self.sensitive)))
             )
             if problem:
-                raise RuntimeError(problem)
+                raise ValueError(problem)
         if len(support) > self.max_support_rows:
             support = support.sample(n=self.max_support_rows, random_state=self.seed)
         for col in self.public:
@@ -409,6 +409,19 @@ def add_imputer_args(
             help="rows per split (default: %(default)s)",
         )
     parser.add_argument("--no_progress", action="store_true")
+
+
+def check_imputer_ready(args: argparse.Namespace, *, needed: Sequence[str] = ("classifier", "regressor")) -> None:
+    """Before any work: the chosen imputer can run here (TabPFN: weights load without a download).
+
+    Raises ValueError with what is missing and what to do, so that the script ends in one line.
+    """
+    if args.imputer != "tabpfn":
+        return
+    paths = {"classifier": args.tabpfn_classifier_path, "regressor": args.tabpfn_regressor_path}
+    problem = tabpfn_weights_problem(paths, needed=needed)
+    if problem:
+        raise ValueError(problem)
 
 
 def impute_dataset(

@@ -8,7 +8,9 @@
 #
 # Lists (space-separated) come from the environment; defaults: all nine modes, EPSILONS="0.5 1 2 4",
 # the reference ALPHAS=3.0 and BETAS=0.5, SEEDS="1 2 3", JOBS=1. SCRIPT picks another train script,
-# TABLE_METRICS the metrics of the final table (default: make_tables.py's).
+# TABLE_METRICS the metrics of the final table (default: make_tables.py's), LOGS the folder of the
+# runs' logs (default: RESULTS without .jsonl, plus .logs). A failed run is named with its log and its
+# first error line at the end, and the sweep then exits non-zero (finished runs are kept).
 set -euo pipefail
 results=${1:?usage: $0 RESULTS.jsonl [extra flags for the train script]}
 shift
@@ -23,17 +25,37 @@ cd "$(dirname "$0")/.."
 # Parallel jobs share the cores instead of each starting one thread per core.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
 
+logs=${LOGS:-${results%.jsonl}.logs}
+mkdir -p "$logs"
 todo=$(mktemp)
-trap 'rm -f "$todo"' EXIT
+failed=$(mktemp)
+trap 'rm -f "$todo" "$failed"' EXIT
+total=0
 for mode in $MODES; do for eps in $EPSILONS; do for alpha in $ALPHAS; do for beta in $BETAS; do
   for seed in $SEEDS; do
+    total=$((total + 1))
+    log="$logs/$(printf '%s_eps%s_a%s_b%s_s%s' "$mode" "$eps" "$alpha" "$beta" "$seed").log"
     # --skip_existing: the script returns at once if the results file holds a run with the same settings.
-    printf '%q ' python "$SCRIPT" --mode "$mode" --epsilon "$eps" --alpha "$alpha" --beta "$beta" \
-      --seed "$seed" --results_json "$results" --skip_existing --no_progress "$@" >> "$todo"
-    echo >> "$todo"
+    cmd=$(printf '%q ' python "$SCRIPT" --mode "$mode" --epsilon "$eps" --alpha "$alpha" --beta "$beta" \
+      --seed "$seed" --results_json "$results" --skip_existing --no_progress "$@")
+    # One line per finished run, so a long sweep shows progress; output goes to the run's log.
+    printf '%s > %q 2>&1 && echo "done: %s" >&2 || { echo %q >> %q; echo "FAILED: %s (log: %s)" >&2; }\n' \
+      "$cmd" "$log" "$mode eps=$eps seed=$seed" "$log" "$failed" "$mode eps=$eps seed=$seed" "$log" >> "$todo"
   done
 done; done; done; done
 
-echo "$(wc -l < "$todo") run(s), $JOBS at a time (finished ones are skipped), results in $results" >&2
-xargs -P "$JOBS" -I{} -d '\n' sh -c '{} || echo "FAILED: {}" >&2' < "$todo"
+echo "$total run(s), $JOBS at a time (finished ones are skipped), results in $results, logs in $logs" >&2
+xargs -P "$JOBS" -I{} -d '\n' sh -c '{}' < "$todo" || true
+n_failed=$(wc -l < "$failed")
+if [ "$n_failed" -gt 0 ]; then
+  first=$(head -n 1 "$failed")
+  reason=$(grep -m 1 -i "error" "$first" || tail -n 1 "$first")
+  echo "$n_failed of $total run(s) failed; first error ($first): $reason" >&2
+  echo "logs of every run: $logs" >&2
+fi
+if [ ! -s "$results" ]; then
+  echo "no finished runs in $results: no table" >&2
+  exit 1
+fi
 python scripts/make_tables.py "$results" --group mode epsilon ${TABLE_METRICS:+--metrics $TABLE_METRICS}
+[ "$n_failed" -eq 0 ]

@@ -130,7 +130,7 @@ def test_bad_bank_input(tmp_path, mutate, match):
 def test_missing_weights_fail_before_work(tmp_path):
     csv = tmp_path / "bank.csv"
     _bank_table().to_csv(csv, index=False)
-    with pytest.raises(RuntimeError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         _impute(tmp_path, csv, "--imputer", "tabpfn", "--tabpfn_classifier_path", str(tmp_path / "none.ckpt"))
     assert not (tmp_path / "out").exists()
 

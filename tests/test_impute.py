@@ -64,7 +64,7 @@ def test_missing_tabpfn_weights_fail_before_any_work(tmp_path):
     problem = tabpfn_weights_problem(paths, needed=["classifier"])
     assert problem and "--tabpfn_classifier_path" in problem and "nope.ckpt does not exist" in problem
     imp = SensitiveImputer(kind="tabpfn", model_paths=paths, **KW)
-    with pytest.raises(RuntimeError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         imp.fit(_table(50))
 
 
@@ -159,7 +159,7 @@ def test_bin_blend_through_tabpfn_real_api(tiny_tabpfn_checkpoints):
     np.testing.assert_allclose(imp.predict(train, progress=False)["age"], 0.5 * regression + 0.5 * expected,
                                rtol=1e-5)  # fmt: skip
     assert model.centres_.min() <= expected.min() and expected.max() <= model.centres_.max()
-    with pytest.raises(RuntimeError, match="does not exist"):  # a blend needs both checkpoints
+    with pytest.raises(ValueError, match="does not exist"):  # a blend needs both checkpoints
         SensitiveImputer(kind="tabpfn", **{**kw, "model_paths": {"regressor": paths["regressor"],
                                                                  "classifier": "/nope.ckpt"}}).fit(support)  # fmt: skip
 
