@@ -190,7 +190,10 @@ def training_frames(
     ids = split_indices(n, {"support": support_rows, "train": n - support_rows}, seed=support_seed)
     rows = {name: frames["original"].iloc[i].reset_index(drop=True) for name, i in ids.items()}
     hybrid = frames["hybrid"].iloc[ids["train"]].reset_index(drop=True)
-    where = f"{support_rows} rows of {FILES['original']} (seed {support_seed}), dropped from training"
+    where = (
+        f"{support_rows} rows of {FILES['original']} (seed {support_seed}), dropped from training; their "
+        "sensitive values are treated as public and are not covered by the guarantee"
+    )
     return out | {"train": rows["train"], "train_imputed": hybrid, "support": rows["support"]}, where
 
 

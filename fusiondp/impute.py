@@ -411,7 +411,9 @@ def add_imputer_args(
     parser.add_argument("--no_progress", action="store_true")
 
 
-def check_imputer_ready(args: argparse.Namespace, *, needed: Sequence[str] = ("classifier", "regressor")) -> None:
+def check_imputer_ready(
+    args: argparse.Namespace, *, needed: Sequence[str] = ("classifier", "regressor")
+) -> None:
     """Before any work: the chosen imputer can run here (TabPFN: weights load without a download).
 
     Raises ValueError with what is missing and what to do, so that the script ends in one line.

@@ -49,11 +49,14 @@ class ModeSpec:
 
 _ZERO_OUT_HYBRID = (
     "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
-    "replaced by its imputed values (zero-out, sensitivity C)"
+    "replaced by its zero-out values, the values at which its original view equals its hybrid view "
+    "(the imputations carried onto the original view's scale, fusiondp.data.zero_out_values; under "
+    "--scaling dp a null record that adds nothing to the statistics either) (zero-out, sensitivity C)"
 )
 _ZERO_OUT_NOISE = (
     "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
-    "replaced by its N(0,1) public-view values (zero-out, sensitivity C)"
+    "replaced by the values at which its original view equals its N(0,1) public view (zero-out, "
+    "sensitivity C; for one-hot columns no real row has them, so only replace-one is meaningful there)"
 )
 _REPLACE_ONE = (
     "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "

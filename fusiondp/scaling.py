@@ -131,10 +131,12 @@ def dp_statistics_sensitivity(num_columns: int) -> float:
     """L2 distance between the statistics of two data sets that differ in ONE row's sensitive values.
 
     Per column the row contributes (m·u, m·u², m) with m = 1 if observed and u ∈ [−1, 1] the value
-    rescaled to its declared range: the three coordinates move by at most 2, 1 and 1, so
-    √6 per column, whatever the new values are (zero-out and replace-one alike).
+    rescaled to its declared range. Between two observed values the squared move is
+    (u − u')²·(1 + (u + u')²) ≤ 4 (at u = −u' = ±1: |u − u'| + |u + u'| ≤ 2); between observed and
+    missing it is u² + u⁴ + 1 ≤ 3. So 2 per column, 2√k for k columns, whatever the new values are
+    (zero-out, replace-one and add/remove alike). ``tests/test_scaling.py`` checks it by search.
     """
-    return math.sqrt(6.0 * num_columns)
+    return 2.0 * math.sqrt(num_columns)
 
 
 def dp_statistics(

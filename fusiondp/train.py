@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fusiondp.cli import check_training_args, resolve_device, seed_everything
 from fusiondp.data import load_imputed_splits, prepare_tabular
 from fusiondp.models import binary_bce
-from fusiondp.modes import ModeSpec, get_mode
+from fusiondp.modes import NOISE, ModeSpec, get_mode
 from fusiondp.privacy import (
     ADD_REMOVE,
     ZERO_OUT,
@@ -314,6 +314,7 @@ def run_experiment(
     loss_fn: LossFn,
     extra_record: dict | None = None,
     scaling: ScalingPlan | None = None,
+    privacy_notes: Sequence[str] = (),
 ) -> dict:
     """Calibrate, train, evaluate and record one run; return its result record.
 
@@ -372,7 +373,10 @@ def run_experiment(
         outside_guarantee.append("private sum divided by the realised batch size (|B| is not accounted for)")
     if scaling and scaling.reads_private_values and mode.name != "sgd_ori":
         outside_guarantee.append(f"scaling statistics fitted on private rows (--scaling {scaling.source})")
-    if mode.private and rng == "seeded":
+    # Secret randomness: the DP steps' sampler and noise, and the DP statistics' noise (which a non-DP
+    # mode evaluated on a DP scale releases too). Seeded from a recorded seed, none of it is secret.
+    draws_dp_noise = mode.private or (bool(stats_sigma) and mode.name != "sgd_ori")
+    if draws_dp_noise and rng == "seeded":
         outside_guarantee.append(EXPERIMENT_MODE)
     stats_epsilon = None
     if scaling and stats_sigma and not privacy and mode.name != "sgd_ori":
@@ -433,9 +437,14 @@ def run_experiment(
             else stats_epsilon
         ),
         "epsilon_without_statistics": privacy.epsilon_without_statistics if privacy else None,
-        "privacy_notes": list(privacy.notes) if privacy else [],
-        "rng": rng if mode.private else None,
-        "guarantee": mode.guarantee,
+        "privacy_notes": [*(privacy.notes if privacy else ()), *(privacy_notes if privacy else ())],
+        "rng": rng if draws_dp_noise else None,
+        "guarantee": (
+            f"(eps, delta) feature-level DP: original sensitive values are read only through the DP "
+            f"scaling statistics (--scaling dp), eps = {stats_epsilon:.4g}"
+            if stats_epsilon
+            else mode.guarantee
+        ),
         "privacy_guarantee_holds": mode.name != "sgd_ori" and not outside_guarantee,
         "outside_guarantee": outside_guarantee,
         "divide_by_realised_batch": args.divide_by_realised_batch,
@@ -555,6 +564,14 @@ def run_tabular(
         original_stats=plan.stats,
         shared_fit=shared_fit,
     )
+    notes = []
+    categorical_sensitive = [c for c in sensitive if c in set(categorical)]
+    if get_mode(args.mode).public_view == NOISE and categorical_sensitive:
+        notes.append(
+            f"the noise view puts N(0,1) values into the one-hot columns of {categorical_sensitive}, which no "
+            "real row has: its zero-out neighbour is not a real data set, so only the replace-one epsilon "
+            "is meaningful for those columns"
+        )
     record = run_experiment(
         args,
         dataset=dataset,
@@ -563,6 +580,7 @@ def run_tabular(
         loss_fn=binary_bce,
         extra_record={"sensitive_columns": list(sensitive), **(extra_record or {})},
         scaling=plan,
+        privacy_notes=notes,
     )
     keys = ("mode", "epsilon", "epsilon_spent", "sigma", "alpha_used", "test_auroc", "test_aupr", "test_f1")
     print(json.dumps({k: record.get(k) for k in keys}))

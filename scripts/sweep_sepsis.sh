@@ -39,8 +39,9 @@ for mode in $MODES; do for eps in $EPSILONS; do for alpha in $ALPHAS; do for bet
     cmd=$(printf '%q ' python "$SCRIPT" --mode "$mode" --epsilon "$eps" --alpha "$alpha" --beta "$beta" \
       --seed "$seed" --results_json "$results" --skip_existing --no_progress "$@")
     # One line per finished run, so a long sweep shows progress; output goes to the run's log.
-    printf '%s > %q 2>&1 && echo "done: %s" >&2 || { echo %q >> %q; echo "FAILED: %s (log: %s)" >&2; }\n' \
-      "$cmd" "$log" "$mode eps=$eps seed=$seed" "$log" "$failed" "$mode eps=$eps seed=$seed" "$log" >> "$todo"
+    name="$mode eps=$eps alpha=$alpha beta=$beta seed=$seed"
+    printf '%s > %q 2>&1 && { grep -q "^skipped: " %q && echo "skipped (in the results already): %s" >&2 || echo "done: %s" >&2; } || { echo %q >> %q; echo "FAILED: %s (log: %s)" >&2; }\n' \
+      "$cmd" "$log" "$log" "$name" "$name" "$log" "$failed" "$name" "$log" >> "$todo"
   done
 done; done; done; done
 

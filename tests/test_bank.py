@@ -90,6 +90,15 @@ def test_impute_then_train_hgb(tmp_path, separator):
     )
     assert record["imputer"] == "hgb" and record["deviation_from_paper"]
     assert load_records(results)[0]["num_features"] > len(impute_bank.PUBLIC) + 5  # one-hot columns
+    assert record["scaling"] == "support" and "bank_support.csv" in record["scaling_description"]
+    assert not any("one-hot" in note for note in record["privacy_notes"])
+    # feature-dp's N(0,1) null view in one-hot columns: no real data set, so only replace-one counts.
+    args = ["--data_dir", str(out), "--one_hot", "--epochs", "1", "--batch_size", "32", "--no_progress"]
+    null = train_fusiondp_bank.main(
+        train_fusiondp_bank.get_args_parser().parse_args([*args, "--mode", "feature-dp"])
+    )
+    [note] = [n for n in null["privacy_notes"] if "one-hot" in n]
+    assert "only the replace-one epsilon is meaningful" in note and "'job'" in note
 
 
 def test_tabpfn_imputer_runs_from_the_command_line(tmp_path, tiny_tabpfn_checkpoints):

@@ -143,9 +143,14 @@ def test_naive_fusion_with_beta_zero_is_invariant(sepsis_frames, mode):
 
 
 def test_zero_out_neighbour_contributes_exactly_zero_through_the_pipeline(sepsis_frames):
-    # Give the original rows their own imputed values: every private term must be exactly 0.
+    # Build the neighbour exactly as the split modes' guarantee states it: every row's sensitive values
+    # replaced by its zero-out values (the imputations carried onto the original view's scale). Plain
+    # imputed values are NOT that neighbour under per-view scaling (red-team review).
+    from fusiondp.modes import MODES
     from fusiondp.step import per_example_gradients
 
+    for name in ("calibrated_fusion", "fusiondp"):
+        assert "fusiondp.data.zero_out_values" in MODES[name].guarantee
     frames = dict(sepsis_frames)
     original = frames["original"].copy()
     matched = zero_out_values(

@@ -115,11 +115,11 @@ def test_sweep_runs_skips_finished_runs_and_prints_table(tmp_path, sepsis_dir):
     assert "2 run(s), 2 at a time" in first.stderr and "FAILED" not in first.stderr
     assert "| dpsgd | 2.0 |" in first.stdout and "| sgd_ori | 2.0 |" in first.stdout
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    assert second.stdout.count("skipped: a finished run") == 2
+    assert second.stderr.count("skipped (in the results already)") == 2
     assert len(load_records(results)) == 2
     # Any other flag value is a different run, not a duplicate.
     third = subprocess.run([*cmd[:-1], "16"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    assert "skipped" not in third.stdout
+    assert "skipped (in" not in third.stderr and third.stderr.count("done: ") == 2
     assert len(load_records(results)) == 4
 
 
