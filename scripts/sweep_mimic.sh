@@ -13,8 +13,12 @@ cd "$(dirname "$0")/.."
 export SCRIPT=train_fusiondp_mimic.py ALPHAS=0.5 BETAS=0.5 SEEDS=${SEEDS:-"1 2 3"}
 export TABLE_METRICS="test_micro_f1 test_macro_f1 test_micro_auc test_macro_auc"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-STANDIN=(--dataset medical_abstracts --epochs 10 --max_len 128 --embeddings word2vec --embedding_dim 50
-  --filters 32 --batch_size 64 --public_batch_size 64 --lr 1.0)
-MODES="sgd_ori sgd_hybrid" EPSILONS=5 scripts/sweep_sepsis.sh "$results" "${STANDIN[@]}" "$@"
-MODES="dpsgd naive_fusion calibrated_fusion fusiondp" EPSILONS=${EPSILONS:-"1 5"} \
-  scripts/sweep_sepsis.sh "$results" "${STANDIN[@]}" "$@"
+STANDIN=(--dataset medical_abstracts --epochs 10 --max_len 128 --filters 32 --batch_size 64
+  --public_batch_size 64 --lr 1.0)
+# word2vec from the hybrid notes for the feature-level modes; dpsgd (whole notes private) takes its
+# vocabulary and embeddings from a pretrained table (MiniLM, its default) and refuses word2vec.
+W2V=(--embeddings word2vec --embedding_dim 50)
+MODES="sgd_ori sgd_hybrid" EPSILONS=5 scripts/sweep_sepsis.sh "$results" "${STANDIN[@]}" "${W2V[@]}" "$@"
+MODES="naive_fusion calibrated_fusion fusiondp" EPSILONS=${EPSILONS:-"1 5"} \
+  scripts/sweep_sepsis.sh "$results" "${STANDIN[@]}" "${W2V[@]}" "$@"
+MODES="dpsgd" EPSILONS=${EPSILONS:-"1 5"} scripts/sweep_sepsis.sh "$results" "${STANDIN[@]}" "$@"
