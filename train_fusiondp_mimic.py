@@ -58,7 +58,7 @@ from fusiondp.train import run_experiment
 
 TEXT_MODES = ("sgd_ori", "sgd_hybrid", "dpsgd", "naive_fusion", "calibrated_fusion", "fusiondp")
 # Not "span_counts": counted on the ORIGINAL notes, a statistic the record must not carry.
-IMPUTATION_KEYS = ("detector", "detector_model", "lm", "lm_is_placeholder_baseline")
+IMPUTATION_KEYS = ("detector", "detector_model", "lm", "lm_is_placeholder_baseline", "propagate_model_spans")
 # The default δ: at most this, and at most a tenth of 1/N (see resolve_delta).
 DELTA_CAP = 1e-5
 DELTA_TIMES_N_CAP = 0.1
@@ -244,6 +244,14 @@ def main(args: argparse.Namespace) -> dict:
             "imputation": {k: info.get(k) for k in IMPUTATION_KEYS if k in info}
             or "imputation_info.json missing",
         },
+        # Propagation masks a word BECAUSE its value is a span elsewhere: its location can reveal it.
+        outside_guarantee=(
+            [
+                "hybrid notes made with --propagate_model_spans (a propagated span's location can reveal its value)"
+            ]
+            if info.get("propagate_model_spans")
+            else []
+        ),
     )
     keys = ("mode", "epsilon", "epsilon_spent", "sigma", "test_micro_f1", "test_macro_f1", "test_micro_auc")
     print(json.dumps({k: record.get(k) for k in keys}))

@@ -604,9 +604,10 @@ def attribute_inference(
         adv_test = with_model["test"] - public_only["test"]
         per_column[col] = {
             "metric": "accuracy" if _is_categorical(task, col) else "r2",
-            "public_attack_train": public_only["train"],
+            # Scores against the training rows' original values would be imputation quality on
+            # training rows under another name: only their differences are kept (an evaluation of
+            # what the model adds), the held-out scores in full.
             "public_attack_test": public_only["test"],
-            "model_attack_train": with_model["train"],
             "model_attack_test": with_model["test"],
             "advantage_train": adv_train,
             "member_gap": adv_train - adv_test,

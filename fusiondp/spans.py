@@ -63,7 +63,13 @@ _PERSON = (
     r"|boys?|girls?|adults?|americans?|adolescents?|infants?|volunteers?|participants?"
     r"|populations?|communit(?:y|ies)|races?|ethnicity|recipients?|donors?|cohorts?|residents?)"
 )
-_ETHNIC_WORD = r"(?:white|black|(?:non-?)?hispanic|caucasian|asian|latin[oa])s?"
+# Every value the ethnicity rule itself detects, multi-word ones included: a coordination partner
+# ("black or African American patients") must count whatever its value is, or the masking of the
+# colour word would tell which kind of value stands beside it.
+_ETHNIC_WORD = (
+    r"(?:white|black|(?:non-?)?hispanic|(?:non-?)?caucasian|asian(?:[-\s]american)?|latin[oa]"
+    r"|african[-\s]american|native\s+american|pacific\s+islander)s?"
+)
 # What must follow "white"/"black" for it to be an ethnicity. It is read at each occurrence, so the
 # decision is the same in every note: an optional coordination ("black and [three] white"), an optional
 # "non-Hispanic" or parenthesised word ("black (Zulu) patients"), then a person or group word.

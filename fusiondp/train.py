@@ -315,13 +315,16 @@ def run_experiment(
     extra_record: dict | None = None,
     scaling: ScalingPlan | None = None,
     privacy_notes: Sequence[str] = (),
+    outside_guarantee: Sequence[str] = (),
 ) -> dict:
     """Calibrate, train, evaluate and record one run; return its result record.
 
     ``data`` holds the original rows; they reach the model only through :func:`fusion_step`'s
     private term (DP modes) or, for ``sgd_ori``, without protection, as that mode's record states.
     ``scaling`` says where the original view's statistics came from; DP statistics are composed into
-    the run's ε. ``build_model()`` returns a fresh model (seeded by the caller's ``--seed`` just before).
+    the run's ε. ``outside_guarantee``: the caller's reasons why this run's guarantee does not hold
+    (e.g. how its data were made). ``build_model()`` returns a fresh model (seeded by the caller's
+    ``--seed`` just before).
     """
     check_training_args(args)
     if args.skip_existing and args.results_json:
@@ -364,7 +367,7 @@ def run_experiment(
         noise_seed=noise_seed,
     )
     del sampler_seed, noise_seed  # never recorded
-    outside_guarantee = []
+    outside_guarantee = list(outside_guarantee)
     if args.c_h_from_private and mode.uses_regularizer:
         outside_guarantee.append("C_h estimated from original sensitive values (--c_h_from_private)")
     if args.divide_by_realised_batch and mode.private:

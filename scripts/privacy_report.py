@@ -146,13 +146,15 @@ def rng_lines(record: dict) -> list[str]:
     rng = record.get("rng")
     if rng not in (None, "seeded", "secure"):
         raise ValueError(f"record field rng must be 'seeded' or 'secure', got {rng!r}.")
-    dp = record.get("sigma") is not None
+    # train.py records rng only for runs that draw DP noise (the steps' or the DP statistics');
+    # records that predate the field drew it iff they have a sigma.
+    dp = record.get("sigma") is not None or rng is not None
     if rng == "secure":
         return [
             "Randomness: secure (--secure_rng): the Poisson sampler and the DP noise are drawn from OS "
             "entropy; their seeds are never recorded."
         ]
-    origin = " (the record predates the rng field: treated as seeded)" if rng is None else ""
+    origin = "" if "rng" in record else " (the record predates the rng field: treated as seeded)"
     if not dp:
         return [
             f"Randomness: seeded from the recorded seed {record.get('seed')}{origin}; this mode adds no "

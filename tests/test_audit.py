@@ -113,6 +113,8 @@ def test_correct_implementation_passes(task):
     # records are quoted); what public columns reveal is measured on held-out rows.
     for scores in attack["columns"].values():
         assert not [k for k in scores if k.startswith("imputer")] and "public_attack_test" in scores
+        # Nor any attack score against training rows' values: only the differences (second review).
+        assert not [k for k in scores if k.endswith("_attack_train")] and "advantage_train" in scores
     assert math.isfinite(attack["mean_advantage_train"]) and math.isfinite(attack["mean_member_gap"])
 
 

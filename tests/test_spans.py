@@ -268,3 +268,15 @@ def test_impute_script_runs_with_the_model_detector(tiny_token_classifier, tmp_p
     hybrid = pd.read_csv(tmp_path / "out" / "mimic_train_imputed.csv")["TEXT"].tolist()
     # The rule span keeps its type; every other word is a (random) model "date".
     assert hybrid[0].startswith("[DATE] [AGE] [DATE]") and "No" not in hybrid[1]
+
+
+@pytest.mark.parametrize("colour", ["Black", "White"])
+@pytest.mark.parametrize(
+    "partner", ["Asian", "Hispanic", "Caucasian", "African American", "Native American", "Pacific Islander"]
+)
+def test_a_colour_word_is_masked_whatever_its_coordinated_partner_is(colour, partner):
+    # Second red-team review: "Black or Asian patients" masked both words but "Black or African American
+    # patients" only the second, so the colour word's masking told which kind of value stood beside it.
+    text = f"We enrolled {colour} or {partner} patients with anemia."
+    found = {(s.type, text[s.start : s.end]) for s in detect_spans([text])[0]}
+    assert ("ethnicity", colour) in found and ("ethnicity", partner) in found, found

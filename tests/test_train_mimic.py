@@ -136,3 +136,19 @@ def test_c_h_from_original_notes_is_marked_outside_the_guarantee(notes_dir):
     record = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--c_h_from_private"))
     assert "NOT PRIVATE" in record["c_h_source"] and record["c_h"] > 0
     assert record["privacy_guarantee_holds"] is False and record["outside_guarantee"]
+
+
+def test_propagated_model_spans_void_the_guarantee(notes_dir, tmp_path):
+    # Second red-team review: the imputation's --propagate_model_spans never reached the record.
+    import shutil
+
+    folder = tmp_path / "propagated"
+    shutil.copytree(notes_dir, folder)
+    info = json.loads((folder / "imputation_info.json").read_text())
+    (folder / "imputation_info.json").write_text(json.dumps({**info, "propagate_model_spans": True}))
+    record = mimic.main(_args(folder, "--mode", "fusiondp", "--secure_rng"))
+    assert record["imputation"]["propagate_model_spans"] is True
+    assert record["privacy_guarantee_holds"] is False
+    assert any("--propagate_model_spans" in r for r in record["outside_guarantee"])
+    plain = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--secure_rng"))
+    assert plain["privacy_guarantee_holds"] is True
