@@ -131,6 +131,15 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
         "fades instead of drowning the public one. Public (sigma is), costs no privacy. 0: the fixed "
         "--alpha of the reference (default: %(default)s)",
     )
+    p.add_argument(
+        "--per_example",
+        choices=("auto", "bookkeeping", "vmap"),
+        default="auto",
+        help="how the private term's per-example clipping is computed: book-keeping (one backward, ghost "
+        "norms; fusiondp/clipping.py), the torch.func vmap reference, or auto (book-keeping where every "
+        "trainable layer has a rule, else vmap, said in the log and the record). Same numbers up to "
+        "float summation order (default: %(default)s)",
+    )
 
     o = parser.add_argument_group("output")
     o.add_argument("--results_json", default=None, help="append one JSON line per finished run here")

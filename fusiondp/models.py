@@ -59,6 +59,19 @@ class MLP(nn.Module):
         return self.head(h), h
 
 
+class LabelwiseLinear(nn.Linear):
+    """One dot product per label: ``(..., K, F) → (..., K)``, ``out[k] = x[k] · weight[k] + bias[k]``.
+
+    An nn.Linear(F, K) in its parameters and initialisation (so seeded models are unchanged), applied
+    label by label rather than as a matrix product: CAML's output layer. A module of its own so that
+    the per-example clipping of fusiondp.clipping sees its inputs (it has a rule for this type).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = (x * self.weight).sum(-1)
+        return out if self.bias is None else out + self.bias
+
+
 def sepsis_mlp(in_features: int) -> MLP:
     return MLP(in_features, hidden=(64, 128, 64), dropout=0.15)
 
@@ -112,7 +125,7 @@ class CAML(nn.Module):
         self.pads = ((kernel_size - 1) // 2, kernel_size // 2)
         self.conv = nn.Conv1d(table.shape[1], filters, kernel_size)
         self.attention = nn.Linear(filters, num_labels, bias=False)
-        self.output = nn.Linear(filters, num_labels)
+        self.output = LabelwiseLinear(filters, num_labels)
         for layer in (self.conv, self.attention, self.output):
             nn.init.xavier_uniform_(layer.weight)
 
@@ -128,7 +141,7 @@ class CAML(nn.Module):
         scores = self.attention(hidden).masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min)
         weights = torch.softmax(scores, dim=-2)  # (..., L, K): over positions, per label
         per_label = weights.transpose(-1, -2) @ hidden  # (..., K, F)
-        logits = (per_label * self.output.weight).sum(-1) + self.output.bias
+        logits = self.output(per_label)
         return logits, per_label.mean(dim=-2)
 
 

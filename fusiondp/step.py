@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from fusiondp.clipping import METHODS, clipped_sum, unsupported_reason
 from fusiondp.regularizer import consistency_penalty
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -58,8 +59,11 @@ class StepConfig:
     c_h: float | None = None
     max_param_norm: float | None = 10.0
     divide_by_realised_batch: bool = False
+    per_example: str = "vmap"  # "bookkeeping" (fusiondp.clipping) or "vmap" (the reference)
 
     def __post_init__(self) -> None:
+        if self.per_example not in ("bookkeeping", "vmap"):
+            raise ValueError(f"per_example must be 'bookkeeping' or 'vmap', got {self.per_example!r}.")
         if self.private_loss not in (None, "full", "difference"):
             raise ValueError(f"private_loss must be None, 'full' or 'difference', got {self.private_loss!r}.")
         if self.max_grad_norm <= 0:
@@ -83,6 +87,42 @@ def public_gradient(model: nn.Module, x: Tensor, y: Tensor, *, loss_fn: LossFn) 
     return {name: g.detach() for name, g in zip(params, grads, strict=True)}
 
 
+def _differs(x: Tensor, x_ref: Tensor) -> Tensor:
+    """Per row (first axis): do the two views differ by more than SAME_VIEW_TOLERANCE anywhere?"""
+    return ((x - x_ref).abs() > SAME_VIEW_TOLERANCE).flatten(start_dim=1).any(dim=1)
+
+
+def private_terms(
+    logits: Tensor,
+    h: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn,
+    differs: Tensor | None,
+    reg_weight: float = 0.0,
+    c_h: float | None = None,
+) -> Tensor:
+    """The private terms L_i of a batch from the model's outputs on ``(views, batch, ...)``.
+
+    One view: ``L_i = ℓ(f(x_i), y_i)``. Two (original, reference): ``ℓ(f(x_i), y_i) − ℓ(f(x̃_i), y_i)
+    + reg_weight · min(‖h(x_i) − h(x̃_i)‖², C_h²) / C_h²``, times 0 where ``differs`` is False.
+    """
+    if differs is None:
+        return loss_fn(logits[0], y)
+    term = loss_fn(logits[0], y) - loss_fn(logits[1], y)
+    if reg_weight:
+        term = term + reg_weight * consistency_penalty(h[0], h[1], c_h=c_h)
+    # A zero-out neighbour (views equal) must contribute exactly 0, not float round-off: its
+    # original values, carried through the original view's scaler, match the hybrid view only
+    # to round-off (see fusiondp.data.zero_out_values).
+    return term * differs
+
+
+def stacked_views(x_private: Tensor, x_reference: Tensor | None) -> Tensor:
+    """``(views, batch, ...)``: one forward evaluates both views of every row, sharing dropout masks."""
+    return x_private[None] if x_reference is None else torch.stack([x_private, x_reference])
+
+
 def per_example_gradients(
     model: nn.Module,
     x_private: Tensor,
@@ -95,25 +135,20 @@ def per_example_gradients(
 ) -> Grads:
     """Per-example gradients ∇θ L_i for a batch of B rows, each of shape ``(B, *param.shape)``.
 
-    ``L_i = ℓ(f(x_i), y_i)`` without a reference view, otherwise
-    ``L_i = ℓ(f(x_i), y_i) − ℓ(f(x̃_i), y_i) + reg_weight · min(‖h(x_i) − h(x̃_i)‖², C_h²) / C_h²``.
+    The reference implementation (torch.func vmap over grad); L_i as in :func:`private_terms`.
     """
     params = {k: v.detach() for k, v in trainable_params(model).items()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def private_term(p: Grads, x: Tensor, x_ref: Tensor | None, target: Tensor) -> Tensor:
-        if x_ref is None:
-            logits, _ = functional_call(model, (p, buffers), (x[None, None],))
-            return loss_fn(logits[0, 0], target)
-        # One forward over both views, stacked on a leading view axis: they share dropout masks.
-        logits, h = functional_call(model, (p, buffers), (torch.stack([x, x_ref])[:, None],))
-        term = loss_fn(logits[0, 0], target) - loss_fn(logits[1, 0], target)
-        if reg_weight:
-            term = term + reg_weight * consistency_penalty(h[0, 0], h[1, 0], c_h=c_h)
-        # A zero-out neighbour (views equal) must contribute exactly 0, not float round-off: its
-        # original values, carried through the original view's scaler, match the hybrid view only
-        # to round-off (see fusiondp.data.zero_out_values).
-        return term * ((x - x_ref).abs() > SAME_VIEW_TOLERANCE).any()
+        logits, h = functional_call(
+            model, (p, buffers), (stacked_views(x[None], None if x_ref is None else x_ref[None]),)
+        )
+        differs = None if x_ref is None else _differs(x[None], x_ref[None])
+        terms = private_terms(
+            logits, h, target[None], loss_fn=loss_fn, differs=differs, reg_weight=reg_weight, c_h=c_h
+        )
+        return terms[0]
 
     ref_dim = None if x_reference is None else 0
     return vmap(grad(private_term), in_dims=(None, 0, ref_dim, 0), randomness="different")(
@@ -145,6 +180,50 @@ def add_noise(summed: Grads, *, std: float, generator: torch.Generator) -> Grads
         name: g + torch.normal(0.0, std, size=g.shape, generator=generator, device=g.device, dtype=g.dtype)
         for name, g in summed.items()
     }
+
+
+def clipped_private_sum(
+    model: nn.Module,
+    x_private: Tensor,
+    x_reference: Tensor | None,
+    y: Tensor,
+    *,
+    cfg: StepConfig,
+    loss_fn: LossFn,
+) -> tuple[Grads, Tensor]:
+    """Σ_i clip_C(∇θ L_i) and the norms, by ``cfg.per_example``: book-keeping or the vmap reference."""
+    if cfg.per_example == "vmap":
+        per_example = per_example_gradients(
+            model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
+        )
+        return clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
+    differs = None if x_reference is None else _differs(x_private, x_reference)
+
+    def terms(logits: Tensor, h: Tensor) -> Tensor:
+        return private_terms(
+            logits, h, y, loss_fn=loss_fn, differs=differs, reg_weight=cfg.reg_weight, c_h=cfg.c_h
+        )
+
+    return clipped_sum(model, stacked_views(x_private, x_reference), terms, max_grad_norm=cfg.max_grad_norm)
+
+
+def per_example_method(model: nn.Module, requested: str) -> tuple[str, str]:
+    """(``"bookkeeping"`` or ``"vmap"``, why) for ``--per_example auto|bookkeeping|vmap``.
+
+    ``auto`` takes book-keeping where :func:`fusiondp.clipping.unsupported_reason` allows, else the
+    vmap reference (the reason is returned, for the log and the record); ``bookkeeping`` on a model it
+    cannot run is an error.
+    """
+    if requested not in METHODS:
+        raise ValueError(f"--per_example must be one of {METHODS}, got {requested!r}.")
+    if requested == "vmap":
+        return "vmap", "requested (--per_example vmap)"
+    reason = unsupported_reason(model)
+    if reason is None:
+        return "bookkeeping", "every trainable layer has a book-keeping rule"
+    if requested == "bookkeeping":
+        raise ValueError(f"--per_example bookkeeping cannot run this model: {reason}. Use auto or vmap.")
+    return "vmap", f"fallback to the vmap reference: {reason}"
 
 
 @contextmanager
@@ -183,10 +262,7 @@ def private_gradient(
             summed = {k: torch.zeros_like(p) for k, p in params.items()}
             norms = x_private.new_zeros(0)
         else:
-            per_example = per_example_gradients(
-                model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
-            )
-            summed, norms = clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
+            summed, norms = clipped_private_sum(model, x_private, x_reference, y, cfg=cfg, loss_fn=loss_fn)
     noised = add_noise(summed, std=cfg.noise_multiplier * cfg.max_grad_norm, generator=generator)
     divisor = max(batch_size, 1) if cfg.divide_by_realised_batch else cfg.expected_batch_size
     return {k: g / divisor for k, g in noised.items()}, norms

@@ -56,7 +56,7 @@ from fusiondp.scaling import (
     dp_statistics,
     support_statistics,
 )
-from fusiondp.step import LossFn, StepConfig, fusion_step
+from fusiondp.step import LossFn, StepConfig, fusion_step, per_example_method
 
 Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
 
@@ -349,6 +349,13 @@ def run_experiment(
     c_h, c_h_source = resolve_c_h(args, mode, model, data, seed=args.seed)
     alpha, alpha_rule = private_weight(args, mode, privacy=privacy)
     cfg = step_config_for(args, mode, privacy=privacy, c_h=c_h, alpha=alpha)
+    if mode.private_loss is not None:
+        method, method_reason = per_example_method(model, args.per_example)
+        cfg = dataclasses.replace(cfg, per_example=method)
+        if method == "vmap" and args.per_example == "auto":
+            print(f"per-example clipping: {method_reason}")
+    else:
+        method, method_reason = None, "no private term"
     sampler_seed, noise_seed, rng = rng_seeds(args)
 
     log, train_seconds = train(
@@ -451,6 +458,8 @@ def run_experiment(
         "privacy_guarantee_holds": mode.name != "sgd_ori" and not outside_guarantee,
         "outside_guarantee": outside_guarantee,
         "divide_by_realised_batch": args.divide_by_realised_batch,
+        "per_example_method": method,
+        "per_example_reason": method_reason,
         **{k: final[k] for k in final if k.startswith(("val_", "test_"))},
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(len(log), 1),
