@@ -19,12 +19,14 @@ book-keeping; Li et al. 2022, ghost norms):
 4. With c_i = min(1, C / (‖∇L_i‖ + 1e-6)), the clipped sum of a ghost layer is one matmul,
    Σ_i c_i Σ_s g_is a_isᵀ; of a materialised layer, Σ_i c_i ∇L_i.
 
-Opacus's grad and norm samplers (``opacus.grad_sample``) do the per-layer algebra: given
-activations with the example on the first axis and the view (and token) axes after it, they sum over
-those axes, which is exactly the per-example gradient across views. Opacus's own wrappers
-(GradSampleModule, ghost clipping) cannot serve whole: they clip per ROW of the batch, while a
-FusionDP example spans two rows (original and hybrid views) whose gradients must be added BEFORE
-the norm is taken, and ghost clipping's second backward is the cost this module avoids.
+Why not Opacus. Its wrappers (GradSampleModule, ghost clipping) clip per ROW of the batch, while a
+FusionDP example spans two rows (original and hybrid views) whose gradients must be added BEFORE the
+norm is taken; and ghost clipping's second backward is the cost this module avoids. Its per-layer
+grad and norm samplers do serve the algebra, but want the example on the first axis: a first
+version fed them ``(batch, views, ...)`` copies of every activation and output gradient, and on the
+sepsis MLP the copies made the private term ~10% slower than the rules below, which read the
+``(views, batch, ...)`` tensors in place. Opacus's conv sampler still serves every convolution other
+than stride 1, no dilation, one group (see :func:`_conv_grads`).
 
 Privacy contract: as :func:`fusiondp.step.per_example_gradients`. The original rows enter only
 here; nothing computed from them leaves except the clipped sum (and the norms, which the step keeps
@@ -41,7 +43,7 @@ import torch
 from opacus.grad_sample.conv import compute_conv_grad_sample
 from torch import Tensor, nn
 
-from fusiondp.models import LabelwiseLinear
+from fusiondp.models import CAML, MLP, LabelwiseLinear
 
 Grads = dict[str, Tensor]
 
@@ -56,6 +58,8 @@ class _Layer:
     module: nn.Module
     activation: Tensor
     output: Tensor
+    activation_version: int
+    output_version: int
 
 
 def _example_sum(t: Tensor, keep: int) -> Tensor:
@@ -65,26 +69,25 @@ def _example_sum(t: Tensor, keep: int) -> Tensor:
 
 
 def _check_layout(t: Tensor, views: int, batch: int, name: str) -> None:
+    # A guard, not a proof (a (batch, views) tensor passes when the two sizes agree): the layout is
+    # vouched for by registering the model class (see register_row_wise_model). No shape in the
+    # message: a padded length can depend on the original notes.
     if t.shape[:2] != (views, batch):
         raise RuntimeError(
-            f"layer {name!r} got a tensor of shape {tuple(t.shape)}; book-keeping needs leading "
-            f"(views, batch) = ({views}, {batch}) dimensions. Run with --per_example vmap."
+            f"layer {name!r} did not get leading (views, batch) dimensions; run with --per_example vmap."
         )
 
 
-def _linear_ghost_norm_sq(a: Tensor, g: Tensor) -> Tensor:
-    """‖Σ_v g_v a_vᵀ‖² + ‖Σ_v g_v‖² per example, for ``(views, batch, d)`` activations and output grads.
+def _linear_ghost_norm_sq(a: Tensor, g: Tensor, *, bias: bool) -> Tensor:
+    """‖g aᵀ‖² (+ ‖g‖² for the bias) per example = ‖g‖²·‖a‖², for ONE view of one row per example.
 
-    The weight's squared norm is Σ_{v,w} (g_v·g_w)(a_v·a_w): the cross-view terms included.
+    Only for one view: with two, the example's gradient g_0 a_0ᵀ + g_1 a_1ᵀ can nearly cancel, and
+    the ghost form Σ_{v,w} (g_v·g_w)(a_v·a_w) then loses it to round-off while the summed tensor does
+    not, so an example could contribute more than C. Two views take the materialised gradient,
+    whose norm is that of the very tensor that is summed.
     """
-    weight = bias = 0
-    for v in range(a.shape[0]):  # views: one or two; row-wise dot products beat a batched tiny matmul
-        for w in range(v, a.shape[0]):
-            twice = 1 if v == w else 2
-            gg = (g[v] * g[w]).sum(dim=-1)
-            weight = weight + twice * gg * (a[v] * a[w]).sum(dim=-1)
-            bias = bias + twice * gg
-    return weight.clamp(min=0) + bias.clamp(min=0)
+    gg = g[0].pow(2).sum(dim=-1)
+    return gg * a[0].pow(2).sum(dim=-1) + (gg if bias else 0)
 
 
 def _linear_grads(layer: nn.Linear, a: Tensor, g: Tensor) -> Grads:
@@ -117,6 +120,8 @@ def _conv_grads(layer: nn.Conv1d, a: Tensor, g: Tensor, views: int, batch: int) 
     Opacus's conv grad sampler (used for any other convolution) unfolds the input first, which on
     the MIMIC shape (128 rows × 1,000 × 512) measured 2.4× slower than this and takes ~260 MB.
     """
+    if a.shape[0] != views * batch:
+        raise RuntimeError("a Conv1d did not get (views · batch) rows; run with --per_example vmap.")
     if layer.stride != (1,) or layer.dilation != (1,) or layer.groups != 1 or isinstance(layer.padding, str):
         grads = compute_conv_grad_sample(layer, [a], g)
         return {p: gs.view(views, batch, *gs.shape[1:]).sum(dim=0) for p, gs in grads.items()}
@@ -135,25 +140,54 @@ def _conv_grads(layer: nn.Conv1d, a: Tensor, g: Tensor, views: int, batch: int) 
     return grads
 
 
+ROW_WISE_MODELS: set[type[nn.Module]] = {MLP, CAML}
+"""Model classes vouched for: their forward acts on each (view, row) separately, takes inputs with
+leading ``(views, batch)`` dimensions (a Conv1d inside sees them flattened view-major), calls each
+layer once, positionally, with no in-place change to a layer's input or output, and reads every
+parameter only through its layer. Book-keeping is exact only under these conditions, and no hook can
+check all of them (a batch mean, a transposed layout or a parameter read directly would pass), so a
+class must be registered, after the oracle tests pass for it (tests/test_clipping.py)."""
+
+
+def register_row_wise_model(cls: type[nn.Module]) -> type[nn.Module]:
+    """Vouch for ``cls`` as :data:`ROW_WISE_MODELS` describes (usable as a class decorator)."""
+    ROW_WISE_MODELS.add(cls)
+    return cls
+
+
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why book-keeping cannot run this model (then the vmap reference does), or None.
 
-    Every trainable parameter must belong directly to a module of a type with a rule here (exactly
-    that type: a subclass may compute something else), and that module must be called once per
-    forward (checked at each step). A parameter read outside its module's forward is not seen by the
-    hooks: a new model must pass the oracle test (tests/test_clipping.py) before it relies on this.
+    The model's exact class must be registered (:data:`ROW_WISE_MODELS`); every trainable parameter
+    must belong to exactly one module of a type with a rule here (exactly that type: a subclass may
+    compute something else), whose parameters are all trainable, in float32 or float64. The answer
+    depends on the model's structure only, never on data.
     """
-    for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        if not own:
+    if type(model) not in ROW_WISE_MODELS:
+        return (
+            f"model class {type(model).__name__} is not registered as row-wise "
+            "(fusiondp.clipping.register_row_wise_model, after its oracle tests pass)"
+        )
+    owners: dict[nn.Parameter, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        params = list(module.parameters(recurse=False))
+        if not any(p.requires_grad for p in params):
             continue
         kind = type(module)
         if kind not in (nn.Linear, nn.LayerNorm, nn.Conv1d, LabelwiseLinear):
             return f"module {name!r} ({kind.__name__}) has trainable parameters and no book-keeping rule"
+        if not all(p.requires_grad for p in params):
+            return f"module {name!r} has both frozen and trainable parameters"
+        if any(p.dtype not in (torch.float32, torch.float64) for p in params):
+            return f"module {name!r} is not float32/float64 (half precision overflows the norms)"
         if kind is nn.LayerNorm and (module.weight is None or module.bias is None):
             return f"LayerNorm {name!r} without both weight and bias"
-        if kind is LabelwiseLinear and module.weight.dim() != 2:
-            return f"LabelwiseLinear {name!r} with a {module.weight.dim()}-d weight"
+        if kind is nn.Conv1d and module.padding_mode != "zeros":
+            return f"Conv1d {name!r} with padding_mode {module.padding_mode!r}"
+        for p in params:
+            if p in owners:
+                return f"parameter shared by modules {owners[p]!r} and {name!r}"
+            owners[p] = name
     return None
 
 
@@ -162,7 +196,9 @@ def _recording(model: nn.Module) -> Iterator[list[_Layer]]:
     tape: list[_Layer] = []
 
     def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        tape.append(_Layer(module, inputs[0], output))
+        if len(inputs) != 1 or not isinstance(output, Tensor):
+            raise RuntimeError(f"book-keeping needs {type(module).__name__} called on one positional tensor.")
+        tape.append(_Layer(module, inputs[0], output, inputs[0]._version, output._version))
 
     handles = [
         m.register_forward_hook(record)
@@ -202,9 +238,14 @@ def clipped_sum(
     if set(calls) != owners or any(n != 1 for n in calls.values()):
         raise RuntimeError(
             "book-keeping needs every layer with trainable parameters called exactly once per forward; "
-            f"calls: { {type(m).__name__: n for m, n in calls.items()} } of {len(owners)} layers. "
-            "Run with --per_example vmap."
+            "run with --per_example vmap."
         )
+    if any(
+        layer.activation._version != layer.activation_version or layer.output._version != layer.output_version
+        for layer in tape
+    ):
+        # An in-place op (e.g. ReLU(inplace=True)) after a layer changed what was recorded.
+        raise RuntimeError("a layer's input or output was modified in place; run with --per_example vmap.")
     out_grads = torch.autograd.grad(terms.sum(), [layer.output for layer in tape], materialize_grads=True)
 
     per_example: Grads = {}  # name -> (batch, *shape), for layers whose gradient is formed
@@ -220,11 +261,11 @@ def clipped_sum(
                 grads = _layer_norm_grads(module, a, g)
             elif kind is LabelwiseLinear:
                 grads = _labelwise_grads(module, a, g)
-            elif a.dim() == 3 and views * (a.shape[-1] + g.shape[-1]) <= a.shape[-1] * g.shape[-1]:
-                # One position per view (a table row): the ghost norm costs views²·(d_in + d_out) per
-                # example against views·d_in·d_out for the gradient, and the clipped sum is one matmul.
+            elif views == 1 and a.dim() == 3:
+                # One row per example (dpsgd on a table): the norm costs d_in + d_out per example
+                # against d_in·d_out for the gradient, and the clipped sum is one matmul.
                 ghost.append((module, a, g))
-                norm_sq = norm_sq + _linear_ghost_norm_sq(a, g)
+                norm_sq = norm_sq + _linear_ghost_norm_sq(a, g, bias=module.bias is not None)
                 continue
             else:
                 grads = _linear_grads(module, a, g)

@@ -197,6 +197,9 @@ def clipped_private_sum(
             model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
         )
         return clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"book-keeping cannot run this model: {reason}. Use --per_example vmap.")
     differs = None if x_reference is None else _differs(x_private, x_reference)
 
     def terms(logits: Tensor, h: Tensor) -> Tensor:

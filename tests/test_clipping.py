@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from fusiondp import clipping
 from fusiondp.models import CAML, MLP, binary_bce, multilabel_bce
 from fusiondp.regularizer import consistency_penalty
 from fusiondp.step import StepConfig, fusion_step, per_example_method, private_gradient, trainable_params
@@ -194,18 +195,23 @@ class _Reused(nn.Module):
         return self.head(h), h
 
 
-def test_unsupported_models_fall_back_to_vmap_or_are_refused():
+def test_unsupported_models_fall_back_to_vmap_or_are_refused(monkeypatch):
     assert per_example_method(MLP(3, hidden=(4,)), "auto") == (
         "bookkeeping",
         "every trainable layer has a book-keeping rule",
     )
+    # Only registered (vetted row-wise) classes run book-keeping: structure alone cannot prove it.
     method, why = per_example_method(_WithBatchNorm(), "auto")
-    assert method == "vmap" and "BatchNorm1d" in why and "fallback" in why
-    with pytest.raises(ValueError, match="BatchNorm1d"):
+    assert method == "vmap" and "_WithBatchNorm is not registered" in why and "fallback" in why
+    with pytest.raises(ValueError, match="not registered"):
         per_example_method(_WithBatchNorm(), "bookkeeping")
     assert per_example_method(_WithBatchNorm(), "vmap")[0] == "vmap"
     with pytest.raises(ValueError, match="per_example"):
         per_example_method(MLP(3, hidden=(4,)), "ghost")
+    # A registered class with a layer that has no rule still falls back.
+    monkeypatch.setattr(clipping, "ROW_WISE_MODELS", {*clipping.ROW_WISE_MODELS, _WithBatchNorm, _Reused})
+    method, why = per_example_method(_WithBatchNorm(), "auto")
+    assert method == "vmap" and "BatchNorm1d" in why
     # A layer called twice per forward breaks the per-layer algebra: refused at the step, not wrong.
     x = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="exactly once"):
