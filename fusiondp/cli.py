@@ -142,12 +142,18 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
     )
 
     o = parser.add_argument_group("output")
-    o.add_argument("--results_json", default=None, help="append one JSON line per finished run here")
+    o.add_argument(
+        "--results_json",
+        default=None,
+        help="where the finished run's record goes: a results folder (an existing folder, a path ending in "
+        "/ or without extension: one JSON file per run, written atomically; for clusters) or a JSON-lines "
+        "file such as results/runs.jsonl (one line appended per run)",
+    )
     o.add_argument("--no_progress", action="store_true", help="no progress bar")
     o.add_argument(
         "--skip_existing",
         action="store_true",
-        help="do nothing if --results_json already holds a run with exactly these settings",
+        help="do nothing if --results_json (folder or file) already holds a run with exactly these settings",
     )
     parser.set_defaults(**defaults)
     return parser

@@ -3,6 +3,10 @@
     python scripts/make_tables.py results/sepsis.jsonl --group mode epsilon
     python scripts/make_tables.py results/sepsis.jsonl --group alpha beta --where mode=fusiondp
     python scripts/make_tables.py results/sepsis.jsonl --plot docs/sepsis_aupr.png --out docs/table.md
+    python scripts/make_tables.py results/sepsis/ results/old.jsonl --group mode epsilon
+
+Results are results folders (one JSON file per run, as ``scripts/sweep.py`` writes them) or JSON-lines
+files, in any mix.
 
 The plot draws --y (default test AUPR) against the target ε, one line per DP mode; the non-private
 modes, for which ε means nothing, are horizontal dashed lines. Runs whose settings void their
@@ -29,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("results", nargs="+", type=Path, help="JSON-lines result files")
+    parser.add_argument("results", nargs="+", type=Path, help="results folders or JSON-lines files")
     parser.add_argument("--group", nargs="+", default=["mode", "epsilon"], help="columns to group by")
     parser.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS)
     parser.add_argument(
