@@ -261,9 +261,10 @@ def clipped_sum(
                 grads = _layer_norm_grads(module, a, g)
             elif kind is LabelwiseLinear:
                 grads = _labelwise_grads(module, a, g)
-            elif views == 1 and a.dim() == 3:
+            elif views == 1 and a.dim() == 3 and a.shape[-1] + g.shape[-1] <= a.shape[-1] * g.shape[-1]:
                 # One row per example (dpsgd on a table): the norm costs d_in + d_out per example
-                # against d_in·d_out for the gradient, and the clipped sum is one matmul.
+                # against d_in·d_out for the gradient (a one-output head is cheaper materialised),
+                # and the clipped sum is one matmul.
                 ghost.append((module, a, g))
                 norm_sq = norm_sq + _linear_ghost_norm_sq(a, g, bias=module.bias is not None)
                 continue
