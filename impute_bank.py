@@ -25,17 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fusiondp.cli import run_main
+from fusiondp.cli import add_imputer_args, run_main
+from fusiondp.config import ImputeConfig
 from fusiondp.data import check_columns, data_root
-from fusiondp.impute import add_imputer_args, check_imputer_ready, impute_dataset, output_files
-
-SENSITIVE = ["age", "job", "marital", "education", "housing"]
-PUBLIC = ["default", "balance", "loan", "contact", "day", "month", "duration", "campaign", "pdays", "previous",
-          "poutcome"]  # fmt: skip
-CATEGORICAL = ["job", "marital", "education", "housing", "default", "loan", "contact", "month", "poutcome"]
-LABEL = "y"
-SPLITS = {"support": 512, "train": 30_000, "val": 5_000, "test": 5_000}
-FILES = output_files("bank")
+from fusiondp.datasets import bank
+from fusiondp.datasets.bank import LABEL, PUBLIC, SENSITIVE
+from fusiondp.impute import check_imputer_ready, impute_dataset
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="bank-full.csv (default: $FUSIONDP_DATA/bank/bank-full.csv)",
     )
     parser.add_argument("--ucimlrepo", action="store_true", help="fetch UCI id 222 instead (needs internet)")
-    add_imputer_args(parser, splits=SPLITS, seed=66, out_dir="outputs/bank")
+    add_imputer_args(parser, splits=bank.SPLITS, seed=66, out_dir="outputs/bank")
     return parser
 
 
@@ -86,13 +81,20 @@ def load_bank(data_csv: Path | None, *, ucimlrepo: bool = False) -> pd.DataFrame
 
 
 def main(args: argparse.Namespace) -> dict:
-    check_imputer_ready(args)  # before any work: a missing model is a one-line error
+    config = ImputeConfig.from_args(args)
+    check_imputer_ready(config)  # before any work: a missing model is a one-line error
     df = load_bank(args.data_csv, ucimlrepo=args.ucimlrepo)
     source = (
         "ucimlrepo id 222" if args.ucimlrepo else str(args.data_csv or data_root() / "bank" / "bank-full.csv")
     )
     return impute_dataset(
-        df, args, dataset="bank", public=PUBLIC, sensitive=SENSITIVE, categorical=CATEGORICAL, source=source
+        df,
+        config,
+        dataset=bank.NAME,
+        public=bank.PUBLIC,
+        sensitive=bank.SENSITIVE,
+        categorical=bank.CATEGORICAL,
+        source=source,
     )
 
 

@@ -44,21 +44,28 @@ import numpy as np
 import pandas as pd
 
 from fusiondp.cli import resolve_device, run_main
-from fusiondp.data import data_root, output_files, read_csv
-from fusiondp.impute import check_disjoint, split_indices, write_csv
+from fusiondp.data import IMPUTATION_INFO, check_disjoint, output_files, split_indices, write_csv
+from fusiondp.datasets.mimic import (
+    COLUMNS,
+    NAMES,
+    STANDIN_CORPUS,
+    STANDIN_FRACTIONS,
+    default_data_dir,
+    load_caml,
+    load_standin,
+    standin_dir,
+)
 from fusiondp.infill import NEUTRAL_TYPES, NO_LM, SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
 from fusiondp.spans import DETECTORS, HFSpanDetector, detect_spans
 
-COLUMNS = ["row_id", "TEXT", "LABELS"]
 SPAN_COLUMNS = ["row_id", "start", "end", "type", "text", "replacement", "source"]
-FRACTIONS = {"support": 0.1, "train": 0.7, "val": 0.1, "test": 0.1}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", choices=["medical_abstracts", "mimic"], default="medical_abstracts")
+    parser.add_argument("--dataset", choices=NAMES, default="medical_abstracts")
     parser.add_argument(
         "--data_dir", type=Path, default=None, help="default: $FUSIONDP_DATA/medical_abstracts"
     )
@@ -104,41 +111,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_caml(path: Path, *, split: str) -> pd.DataFrame:
-    """A caml-mimic CSV as (row_id, TEXT, LABELS), with errors naming the file, column and row."""
-    df = read_csv(path, what=f"MIMIC {split} file", hint=f"Pass --{split}_csv (caml-mimic {split}_50.csv).")
-    for col in ("TEXT", "LABELS"):
-        if col not in df.columns:
-            raise ValueError(
-                f"{path}: missing column {col!r} (found {list(df.columns)}); caml-mimic files have TEXT and LABELS."
-            )
-    if df.empty:
-        raise ValueError(f"{path}: no rows; a caml-mimic {split} file holds one note per row.")
-    for col in ("TEXT", "LABELS"):
-        blank = df[col].isna() | (df[col].astype(str).str.strip() == "")
-        if blank.any():
-            rows = np.flatnonzero(blank.to_numpy())[:5].tolist()
-            raise ValueError(
-                f"{path}: column {col!r} is empty in data row(s) {rows} (0-based); every note needs {col}."
-            )
-    if df["LABELS"].dtype != object:  # all single numeric codes: re-read as text so "038.9" keeps its 0
-        df["LABELS"] = pd.read_csv(path, usecols=["LABELS"], dtype=str)["LABELS"]
-    labels = df["LABELS"].astype(str).map(lambda s: ";".join(c.strip() for c in s.split(";") if c.strip()))
-    bad = np.flatnonzero((labels == "").to_numpy())
-    if len(bad):
-        raise ValueError(
-            f"{path}: column 'LABELS' has no code in data row(s) {bad[:5].tolist()}; expected e.g. '401.9;428.0'."
-        )
-    ids = (
-        df["HADM_ID"]
-        if "HADM_ID" in df.columns and df["HADM_ID"].is_unique
-        else pd.Series(np.arange(len(df)))
-    )
-    return pd.DataFrame(
-        {"row_id": ids.to_numpy(), "TEXT": df["TEXT"].astype(str).to_numpy(), "LABELS": labels.to_numpy()}
-    )
-
-
 def load_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], str]:
     if args.dataset == "mimic":
         missing = [f"--{s}_csv" for s in ("train", "dev", "test") if getattr(args, f"{s}_csv") is None]
@@ -159,23 +131,13 @@ def load_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], str]
         frames["support"] = frames["val"][pick].reset_index(drop=True)
         frames["val"] = frames["val"][~pick].reset_index(drop=True)
         return frames, f"caml-mimic files {args.train_csv}, {args.dev_csv}, {args.test_csv}"
-    path = (args.data_dir or data_root() / "medical_abstracts") / "medical_tc_test.csv"
-    raw = read_csv(path, what="medical abstracts corpus", hint="Set FUSIONDP_DATA or pass --data_dir.")
-    for col in ("condition_label", "medical_abstract"):
-        if col not in raw.columns:
-            raise ValueError(f"{path}: missing column {col!r}; found {list(raw.columns)}.")
-    df = pd.DataFrame(
-        {
-            "row_id": np.arange(len(raw)),
-            "TEXT": raw["medical_abstract"].astype(str),
-            "LABELS": raw["condition_label"].astype(int).astype(str),
-        }
-    )
+    path = (args.data_dir or standin_dir()) / STANDIN_CORPUS
+    df = load_standin(path)
     if args.max_rows is not None:
         if args.max_rows < 10:
             raise ValueError(f"--max_rows must be >= 10 (four splits), got {args.max_rows}.")
         df = df.iloc[np.sort(np.random.default_rng(args.seed).permutation(len(df))[: args.max_rows])]
-    sizes = {name: int(np.floor(f * len(df))) for name, f in FRACTIONS.items()}
+    sizes = {name: int(np.floor(f * len(df))) for name, f in STANDIN_FRACTIONS.items()}
     sizes["train"] += len(df) - sum(sizes.values())
     ids = split_indices(len(df), sizes, seed=args.seed)
     check_disjoint(df["row_id"].to_numpy()[ids["support"]], df["row_id"].to_numpy()[ids["train"]])
@@ -183,7 +145,7 @@ def load_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], str]
 
 
 def main(args: argparse.Namespace) -> dict:
-    out_dir = args.out_dir or Path("outputs") / args.dataset
+    out_dir = args.out_dir or default_data_dir(args.dataset)
     ds = "mimic" if args.dataset == "mimic" else "medical_abstracts"
     neutral = [t.strip() for t in args.neutral_types.split(",") if t.strip()]
     frames, source = load_splits(args)
@@ -268,7 +230,7 @@ def main(args: argparse.Namespace) -> dict:
         **summary,
         "private_files": ["spans.csv (original span text)", f"{files['train']} (original notes)"],
     }
-    (out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2, default=int) + "\n")
+    (out_dir / IMPUTATION_INFO).write_text(json.dumps(info, indent=2, default=int) + "\n")
     print(counts.to_string(index=False))
     keys = ("lm", "lm_spans_per_second", "fallback_rate_of_lm_spans", "fallbacks")
     print(json.dumps({k: info[k] for k in keys}, default=int))

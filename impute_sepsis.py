@@ -47,24 +47,34 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from fusiondp.cli import run_main
-from fusiondp.data import check_aligned, check_binary_label, check_columns, data_root, read_csv
-from fusiondp.impute import (
-    add_imputer_args,
+from fusiondp.cli import add_imputer_args, run_main
+from fusiondp.config import ImputeConfig
+from fusiondp.data import (
+    check_aligned,
+    check_binary_label,
+    check_columns,
     check_disjoint,
-    check_imputer_ready,
-    impute_splits,
-    split_indices,
+    data_root,
+    read_csv,
     write_csv,
 )
-from train_fusiondp_sepsis import LABEL, PUBLIC, SENSITIVE
+from fusiondp.datasets.sepsis import (
+    CLASS_IMPUTED,
+    LABEL,
+    LEAKY,
+    PUBLIC,
+    SENSITIVE,
+    SUPPORT_FILE,
+    SUPPORT_ROWS,
+    SUPPORT_SEED,
+    support_split,
+)
+from fusiondp.datasets.sepsis import FILES as RELEASE_FILES
+from fusiondp.impute import check_imputer_ready, impute_splits
 
-CATEGORICAL = ["Gender", "Unit1", "Unit2"]
 BLENDED = ["Age", "HospAdmTime", "ICULOS"]
 STATIC = ["Age", "Gender", "Unit1", "Unit2", "HospAdmTime"]
-LEAKY = ["ICULOS_bin"]
-FILES = {"support": "support.csv", "train": "train_ori.csv", "train_imputed": "train_hybrid.csv",
-         "val": "val.csv", "test": "test.csv"}  # fmt: skip
+FILES = {"support": SUPPORT_FILE, **RELEASE_FILES}
 VAL_FRAC, TEST_FRAC = 0.08, 0.19
 STALE_REFERENCE_METRICS = "imputation_metrics_reference.csv"
 """Written by earlier versions (the authors' hybrid scored on training rows); removed when found."""
@@ -82,11 +92,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder with the authors' train_ori.csv, val.csv, test.csv (default: $FUSIONDP_DATA/sepsis)",
     )
-    parser.add_argument("--support_rows", type=int, default=512, help="rows of the public support set")
+    parser.add_argument(
+        "--support_rows", type=int, default=SUPPORT_ROWS, help="rows of the public support set"
+    )
     parser.add_argument("--positive_rate", type=float, default=0.15, help="raw input: share of positives")
     parser.add_argument("--blend_weight", type=float, default=0.5, help="weight w of the regressor")
     parser.add_argument("--n_bins", type=int, default=10, help="quantile bins of the blend's classifier")
-    add_imputer_args(parser, splits={}, seed=66, out_dir="outputs/sepsis")
+    add_imputer_args(parser, splits={}, seed=SUPPORT_SEED, out_dir="outputs/sepsis")
     return parser
 
 
@@ -160,7 +172,7 @@ def released_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], 
     n_train = len(original) - args.support_rows
     if args.support_rows <= 0 or n_train <= args.support_rows:
         raise ValueError(f"--support_rows {args.support_rows} must be in (0, {len(original) // 2}).")
-    ids = split_indices(len(original), {"support": args.support_rows, "train": n_train}, seed=args.seed)
+    ids = support_split(len(original), support_rows=args.support_rows, seed=args.seed)
     check_disjoint(ids["support"], ids["train"])
     frames = {name: original.iloc[rows].reset_index(drop=True) for name, rows in ids.items()}
     frames |= {s: read_release(folder, f"{s}.csv", ignored=LEAKY) for s in ("val", "test")}
@@ -189,7 +201,8 @@ def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path) -> Pat
 
 
 def main(args: argparse.Namespace) -> dict:
-    check_imputer_ready(args)  # before any work: a missing model is a one-line error
+    config = ImputeConfig.from_args(args)
+    check_imputer_ready(config)  # before any work: a missing model is a one-line error
     if args.raw_dir is not None:
         frames, reference = raw_splits(load_raw(args.raw_dir, progress=not args.no_progress), args), None
         source = f"raw PhysioNet 2019 .psv files in {args.raw_dir}"
@@ -201,7 +214,6 @@ def main(args: argparse.Namespace) -> dict:
             f"{args.support_rows} rows of train_ori.csv (seed {args.seed}), treated as public and dropped "
             "from the training rows: the release ships no support set (a deviation from the paper's setup)"
         )
-    original = {name: frame.copy() for name, frame in frames.items()}
     info = {
         "source": source,
         "splits": {name: len(frame) for name, frame in frames.items()},
@@ -211,11 +223,11 @@ def main(args: argparse.Namespace) -> dict:
     options = {"blend_columns": BLENDED, "blend_weight": args.blend_weight, "n_bins": args.n_bins}
     result = impute_splits(
         frames,
-        args,
+        config,
         dataset="sepsis",
         public=PUBLIC,
         sensitive=SENSITIVE,
-        categorical=CATEGORICAL,
+        categorical=CLASS_IMPUTED,
         info=info,
         files=FILES,
         imputer_options=options,
@@ -225,7 +237,7 @@ def main(args: argparse.Namespace) -> dict:
         stale.unlink()
         print(f"removed {stale}: quality on training rows is a private evaluation, not written any more.")
     if reference is not None:
-        result["reference_dir"] = str(write_reference(original, reference, args.out_dir))
+        result["reference_dir"] = str(write_reference(frames, reference, args.out_dir))
     return result
 
 

@@ -12,44 +12,26 @@ from __future__ import annotations
 
 import argparse
 
-from fusiondp.cli import add_imputed_data_args, add_training_args, run_main
-from fusiondp.models import small_tabular_mlp
-from fusiondp.train import run_imputed_tabular
-from impute_adult import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
-
-BOUNDS = {"age": (16.0, 100.0)}  # public domain knowledge (working-age census respondents), for --scaling dp
+from fusiondp.cli import run_main
+from fusiondp.config import RunConfig
+from fusiondp.datasets import adult, training_parser
+from fusiondp.tabular import run_imputed_tabular
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_imputed_data_args(parser, dataset="adult")
-    add_training_args(
-        parser,
-        epsilon=1.0,
-        epochs=10,
-        max_grad_norm=1.0,
-        alpha=1.0,
-        beta=1.0,
-        lr=0.05,
-        batch_size=128,
-        delta=1e-5,
-        seed=66,
-    )
-    return parser
+    return training_parser(adult, __doc__)
 
 
 def main(args: argparse.Namespace) -> dict:
     return run_imputed_tabular(
-        args,
-        dataset="adult",
-        public=PUBLIC,
-        sensitive=SENSITIVE,
-        categorical=CATEGORICAL,
-        label=LABEL,
-        bounds=BOUNDS,
-        build_model=small_tabular_mlp,
+        RunConfig.from_args(args),
+        dataset=adult.NAME,
+        public=adult.PUBLIC,
+        sensitive=adult.SENSITIVE,
+        categorical=adult.CATEGORICAL,
+        label=adult.LABEL,
+        bounds=adult.BOUNDS,
+        build_model=adult.build_model,
     )
 
 

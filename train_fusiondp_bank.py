@@ -16,44 +16,26 @@ from __future__ import annotations
 
 import argparse
 
-from fusiondp.cli import add_imputed_data_args, add_training_args, run_main
-from fusiondp.models import small_tabular_mlp
-from fusiondp.train import run_imputed_tabular
-from impute_bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
-
-BOUNDS = {"age": (17.0, 100.0)}  # public domain knowledge (bank clients' ages), for --scaling dp
+from fusiondp.cli import run_main
+from fusiondp.config import RunConfig
+from fusiondp.datasets import bank, training_parser
+from fusiondp.tabular import run_imputed_tabular
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_imputed_data_args(parser, dataset="bank")
-    add_training_args(
-        parser,
-        epsilon=1.0,
-        epochs=10,
-        max_grad_norm=1.0,
-        alpha=1.0,
-        beta=1.0,
-        lr=0.05,
-        batch_size=128,
-        delta=1e-5,
-        seed=66,
-    )
-    return parser
+    return training_parser(bank, __doc__)
 
 
 def main(args: argparse.Namespace) -> dict:
     return run_imputed_tabular(
-        args,
-        dataset="bank",
-        public=PUBLIC,
-        sensitive=SENSITIVE,
-        categorical=CATEGORICAL,
-        label=LABEL,
-        bounds=BOUNDS,
-        build_model=small_tabular_mlp,
+        RunConfig.from_args(args),
+        dataset=bank.NAME,
+        public=bank.PUBLIC,
+        sensitive=bank.SENSITIVE,
+        categorical=bank.CATEGORICAL,
+        label=bank.LABEL,
+        bounds=bank.BOUNDS,
+        build_model=bank.build_model,
     )
 
 

@@ -11,11 +11,10 @@ Public stand-in (medical abstracts, 5 classes as one-hot multi-label), after
 
     python train_fusiondp_mimic.py --dataset medical_abstracts --mode fusiondp
 
-Data: the files ``impute_mimic.py`` writes to ``--data_dir`` (default ``outputs/<dataset>``):
-``<ds>_train.csv`` (original notes), ``<ds>_train_imputed.csv`` (the same notes, sensitive spans
-rewritten by a language model), ``<ds>_val.csv``, ``<ds>_test.csv`` (columns row_id, TEXT, LABELS)
-and ``imputation_info.json`` (its LM and detector go into the result record). The support set is
-not used. The headline metric is micro F1.
+Data (fusiondp/datasets/mimic.py): the files ``impute_mimic.py`` writes to ``--data_dir`` (default
+``outputs/<dataset>``): original and hybrid (sensitive spans rewritten by a language model) training
+notes, val and test notes, and ``imputation_info.json`` (its LM and detector go into the result
+record). The support set is not used. The headline metric is micro F1.
 
 Vocabulary, embeddings, labels (privacy contract, see fusiondp/text_data.py). Feature-level modes
 (naive_fusion, calibrated_fusion, fusiondp) and the SGD baselines take the vocabulary, word2vec
@@ -28,13 +27,11 @@ caml-mimic's TOP_50_CODES.csv (required), for the stand-in the corpus's class li
 ``$FUSIONDP_DATA/medical_abstracts/medical_tc_labels.csv`` by default. Training codes outside the
 list are ignored.
 
-δ. The default is δ = min(1e-5, 1/(10·N)) for N training notes, so δ·N ≤ 0.1: (ε, 1/N)-DP allows a
-mechanism that publishes each note whole with probability 1/N (about one note a run); δ·N ≤ 0.1 caps
-that at one note in ten runs.
-``--delta_one_over_n`` gives the reference's δ = 1/N (δ·N = 1); ``--delta`` sets it outright.
-Records state ``delta_times_n`` and ``delta_rule``.
+δ. The default is δ = min(1e-5, 1/(10·N)) for N training notes, so δ·N ≤ 0.1 (why:
+fusiondp.datasets.mimic.resolve_delta). ``--delta_one_over_n`` gives the reference's δ = 1/N;
+``--delta`` sets it outright. Records state ``delta_times_n`` and ``delta_rule``.
 
-Deviation: the public (hybrid) batch defaults to 256 notes, not DESIGN.md's 4,096 rows of a table: a
+Deviation: the public (hybrid) batch defaults to 256 notes, not the 4,096 rows of a table (docs/design.md §1): a
 note costs hundreds of times a table row, and the authors' README does not set it.
 
 Model. ``--model caml`` (default) is the CAML classifier above. ``--model encoder`` embeds each note
@@ -53,33 +50,26 @@ for token ids.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from fusiondp.cli import add_training_args, run_main
-from fusiondp.data import data_root
+from fusiondp.config import RunConfig
+from fusiondp.data import read_imputation_info
+from fusiondp.datasets import mimic
 from fusiondp.encoder import EncodedNotes, EncoderHead, add_encoder_args, encoder_run
 from fusiondp.models import CAML, multilabel_bce
 from fusiondp.modes import get_mode
-from fusiondp.privacy import ADD_REMOVE
-from fusiondp.text_data import TextData, load_note_splits, prepare_text, read_label_list
+from fusiondp.results import print_summary
+from fusiondp.text_data import TextData, load_note_splits, prepare_text
 from fusiondp.train import run_experiment
-
-TEXT_MODES = ("sgd_ori", "sgd_hybrid", "dpsgd", "naive_fusion", "calibrated_fusion", "fusiondp")
-# Not "span_counts": counted on the ORIGINAL notes, a statistic the record must not carry.
-IMPUTATION_KEYS = ("detector", "detector_model", "lm", "lm_is_placeholder_baseline", "propagate_model_spans")
-# The default δ: at most this, and at most a tenth of 1/N (see resolve_delta).
-DELTA_CAP = 1e-5
-DELTA_TIMES_N_CAP = 0.1
-DEFAULT_DELTA_RULE = "min(1e-5, 1/(10 N)), so delta*N <= 0.1"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", choices=["medical_abstracts", "mimic"], default="mimic")
+    parser.add_argument("--dataset", choices=mimic.NAMES, default="mimic")
     parser.add_argument(
         "--data_dir", type=Path, default=None, help="impute_mimic.py's --out_dir (default: outputs/<dataset>)"
     )
@@ -125,104 +115,59 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--delta_one_over_n",
         action="store_true",
         help="reference delta = 1/N (delta*N = 1: allows releasing one whole note); default "
-        f"delta = {DEFAULT_DELTA_RULE}",
+        f"delta = {mimic.DEFAULT_DELTA_RULE}",
     )
     return parser
 
 
-def is_sample_level(mode_name: str) -> bool:
-    """True for the modes that protect whole training notes (add/remove relation: dpsgd)."""
-    return get_mode(mode_name).relation == ADD_REMOVE
-
-
-def resolve_delta(*, delta: float | None, one_over_n: bool, num_rows: int) -> tuple[float, str]:
-    """δ and the rule that chose it, for N = ``num_rows`` training notes.
-
-    Default min(1e-5, 1/(10 N)), so δ·N ≤ 0.1: a mechanism that publishes each note whole with
-    probability δ is (0, δ)-DP, hence (ε, δ)-DP for every ε; at δ = 1/N it publishes about one note a
-    run, at the default at most 0.1 expected notes.
-    ``one_over_n`` is the reference's 1/N; an explicit ``delta`` wins (the record shows its δ·N).
-    """
-    if delta is not None and one_over_n:
-        raise ValueError(f"give either --delta {delta!r} or --delta_one_over_n, not both.")
-    if delta is not None:
-        if not 0 < delta < 1:
-            raise ValueError(f"--delta must be in (0, 1), got {delta!r}.")
-        return delta, "given (--delta)"
-    if one_over_n:
-        return 1.0 / num_rows, "reference: 1/N (--delta_one_over_n)"
-    return (
-        min(DELTA_CAP, DELTA_TIMES_N_CAP / num_rows),
-        f"default: {DEFAULT_DELTA_RULE}",
-    )
-
-
 def resolve_text_sources(args: argparse.Namespace) -> tuple[str, str, list[str] | None]:
-    """(embeddings, vocabulary, classes) for ``args.mode``; fills ``args.embeddings``/``labels_file``.
-
-    Sample-level modes get a public vocabulary and a public label list, never one fitted on training
-    notes; a choice that would fit on them is refused with the flag and value that asked for it.
-    """
-    sample_level = is_sample_level(args.mode)
-    if args.embeddings is None:
-        args.embeddings = "minilm" if sample_level else "word2vec"
-    if not sample_level:
-        return args.embeddings, "hybrid", resolve_classes(args)
-    if args.embeddings == "word2vec":
-        raise ValueError(
-            f"--embeddings word2vec trains on the training notes, which --mode {args.mode} protects "
-            "whole (sample-level DP); use --embeddings minilm (the default) or a pretrained vectors file."
-        )
-    if args.min_count != 1:
-        raise ValueError(
-            f"--min_count {args.min_count} counts tokens in the training notes, which --mode "
-            f"{args.mode} protects whole; its vocabulary is the pretrained table's (drop the flag)."
-        )
-    return args.embeddings, "public", resolve_classes(args)
+    """(embeddings, vocabulary, classes) for ``args.mode``; fills ``args.embeddings``/``labels_file``
+    so that the record names what was used (rules: fusiondp/datasets/mimic.py)."""
+    args.embeddings, vocabulary = mimic.text_sources(
+        mode=args.mode, embeddings=args.embeddings, min_count=args.min_count
+    )
+    return args.embeddings, vocabulary, resolve_classes(args)
 
 
 def resolve_classes(args: argparse.Namespace) -> list[str] | None:
-    """The public label list (fills ``args.labels_file``), or None: the hybrid notes' labels.
-
-    Under sample-level DP the labels are private, so a list fixed in advance is required."""
-    if not is_sample_level(args.mode):
-        return read_label_list(args.labels_file) if args.labels_file else None
-    if args.labels_file is None:
-        if args.dataset == "mimic":
-            raise ValueError(
-                f"--mode {args.mode} protects whole notes, labels included, so the label set must be "
-                "fixed in advance: pass --labels_file with a public code list, e.g. caml-mimic's "
-                "TOP_50_CODES.csv (one ICD-9 code a line)."
-            )
-        args.labels_file = data_root() / "medical_abstracts" / "medical_tc_labels.csv"
-    hint = "Pass --labels_file with the public label list (or set FUSIONDP_DATA for the stand-in's)."
-    return read_label_list(args.labels_file, hint=hint)
+    """The public label list (fills ``args.labels_file``), or None: the hybrid notes' labels."""
+    classes, args.labels_file = mimic.label_list(
+        mode=args.mode, dataset=args.dataset, labels_file=args.labels_file
+    )
+    return classes
 
 
-def main(args: argparse.Namespace) -> dict:
-    if args.mode not in TEXT_MODES:
+def check_flags(args: argparse.Namespace) -> None:
+    """Every check that needs no data, before any file is read, tokenised or embedded."""
+    if args.mode not in mimic.TEXT_MODES:
         raise ValueError(
             f"--mode {args.mode} is not available for notes (it trains on a N(0,1) noise view, which has "
-            f"no meaning for token ids); use one of {', '.join(TEXT_MODES)}."
+            f"no meaning for token ids); use one of {', '.join(mimic.TEXT_MODES)}."
         )
     for name in ("max_len", "filters", "kernel_size", "embedding_dim", "min_count"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)!r}.")
-    data_dir = args.data_dir or Path("outputs") / args.dataset
+    mimic.check_delta_flags(args.delta, one_over_n=args.delta_one_over_n)
+    if args.model == "encoder" and args.embeddings is not None:
+        raise ValueError(f"--embeddings {args.embeddings} is CAML's; --model encoder uses --encoder.")
+
+
+def main(args: argparse.Namespace) -> dict:
+    check_flags(args)
+    data_dir = args.data_dir or mimic.default_data_dir(args.dataset)
     if args.model == "encoder":
         data, build_model, model_record = prepare_encoder(args, data_dir)
     else:
         data, build_model, model_record = prepare_caml(args, data_dir)
     # Resolved into args before run_experiment, so the recorded settings (and --skip_existing)
     # name the δ actually used.
-    args.delta, delta_rule = resolve_delta(
+    args.delta, delta_rule = mimic.resolve_delta(
         delta=args.delta, one_over_n=args.delta_one_over_n, num_rows=data.num_rows
     )
-    info_path = data_dir / "imputation_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_imputation_info(data_dir) or {}
 
     record = run_experiment(
-        args,
+        RunConfig.from_args(args),
         dataset=args.dataset,
         data=data,
         build_model=build_model,
@@ -238,7 +183,7 @@ def main(args: argparse.Namespace) -> dict:
             "text": data.info,
             "delta_times_n": args.delta * data.num_rows,
             "delta_rule": delta_rule,
-            "imputation": {k: info.get(k) for k in IMPUTATION_KEYS if k in info}
+            "imputation": {k: info.get(k) for k in mimic.IMPUTATION_KEYS if k in info}
             or "imputation_info.json missing",
         },
         # Propagation masks a word BECAUSE its value is a span elsewhere: its location can reveal it.
@@ -250,8 +195,7 @@ def main(args: argparse.Namespace) -> dict:
             else []
         ),
     )
-    keys = ("mode", "epsilon", "epsilon_spent", "sigma", "test_micro_f1", "test_macro_f1", "test_micro_auc")
-    print(json.dumps({k: record.get(k) for k in keys}))
+    print_summary(record, ("test_micro_f1", "test_macro_f1", "test_micro_auc"))
     return record
 
 
@@ -290,11 +234,19 @@ def prepare_encoder(
     args: argparse.Namespace, data_dir: Path
 ) -> tuple[EncodedNotes, Callable[[], EncoderHead], dict]:
     """Frozen-encoder embeddings of the views the mode reads (cached under ``data_dir``) and the head."""
-    if args.embeddings is not None:
-        raise ValueError(f"--embeddings {args.embeddings} is CAML's; --model encoder uses --encoder.")
     frames = load_note_splits(data_dir, dataset=args.dataset)
     return encoder_run(
-        args, frames, data_dir=data_dir, mode=get_mode(args.mode), classes=resolve_classes(args)
+        frames,
+        data_dir=data_dir,
+        mode=get_mode(args.mode),
+        classes=resolve_classes(args),
+        encoder=args.encoder,
+        max_tokens=args.encoder_max_tokens,
+        batch_size=args.encoder_batch_size,
+        head_hidden=args.head_hidden,
+        head_dropout=args.head_dropout,
+        device=args.device,
+        progress=not args.no_progress,
     )
 
 

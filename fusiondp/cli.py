@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import math
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from fusiondp.impute import IMPUTERS
 from fusiondp.modes import MODES
 from fusiondp.privacy import ACCOUNTANTS, NEIGHBOURING_FLAGS
 from fusiondp.scaling import SCALING_SOURCES
 
 
-def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.ArgumentParser:
-    """Add the flags every training script shares; ``defaults`` overrides per-dataset defaults."""
+def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
+    """Add the flags every training script shares; ``defaults`` overrides per-dataset defaults.
+
+    A default naming no flag of the parser raises: a misspelt one would silently leave the flag at its
+    generic default (and change the settings that ``--skip_existing`` and sweeps match on).
+    """
     g = parser.add_argument_group("training")
     g.add_argument(
         "--mode",
@@ -44,7 +49,16 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
         "--beta",
         type=float,
         default=1.0,
-        help="regularizer weight (fusiondp); mixing weight of the DP gradient (naive_fusion*)",
+        help="regularizer weight (fusiondp); in naive_fusion* the mixing weight of the DP gradient "
+        "when --mix_weight is not given (the reference command's meaning). The record's beta_meaning "
+        "says which",
+    )
+    g.add_argument(
+        "--mix_weight",
+        type=float,
+        default=None,
+        help="naive_fusion*: weight w of the DP gradient in (1-w)*g_public + w*g_DP, in [0, 1] "
+        "(default: --beta, as the reference)",
     )
     g.add_argument(
         "--max_param_norm",
@@ -155,40 +169,12 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults) -> argparse.A
         action="store_true",
         help="do nothing if --results_json (folder or file) already holds a run with exactly these settings",
     )
+    flags = {action.dest for action in parser._actions}
+    unknown = sorted(set(defaults) - flags)
+    if unknown:
+        raise ValueError(f"add_training_args: defaults {unknown} name no flag of this parser.")
     parser.set_defaults(**defaults)
     return parser
-
-
-def check_training_args(args: argparse.Namespace) -> None:
-    """Reject values no run can use, naming the flag and the value."""
-    positive = ("epochs", "batch_size", "public_batch_size", "lr", "max_grad_norm")
-    for name in positive:
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name} must be > 0, got {value!r}.")
-    if args.c_h is not None and not args.c_h > 0:
-        raise ValueError(f"--c_h must be > 0, got {args.c_h!r}.")
-    if args.c_h is not None and args.c_h_from_private:
-        raise ValueError("give either --c_h or --c_h_from_private, not both.")
-    if args.max_param_norm < 0:
-        raise ValueError(f"--max_param_norm must be >= 0 (0 disables), got {args.max_param_norm!r}.")
-    if not (math.isfinite(args.alpha) and args.alpha >= 0):
-        raise ValueError(
-            f"--alpha must be >= 0 (the weight of the private gradient; a negative one ascends it), "
-            f"got {args.alpha!r}."
-        )
-    if not (math.isfinite(args.beta) and args.beta >= 0):
-        raise ValueError(f"--beta must be >= 0 (a weight), got {args.beta!r}.")
-    if args.mode.startswith("naive_fusion") and args.beta > 1:
-        raise ValueError(
-            f"--beta mixes two gradients in {args.mode} and must lie in [0, 1], got {args.beta!r}."
-        )
-    if args.max_private_noise < 0:
-        raise ValueError(
-            f"--max_private_noise must be >= 0 (0: fixed --alpha), got {args.max_private_noise!r}."
-        )
-    if not args.scaling_noise_multiplier > 0:
-        raise ValueError(f"--scaling_noise_multiplier must be > 0, got {args.scaling_noise_multiplier!r}.")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -229,3 +215,32 @@ def add_imputed_data_args(parser: argparse.ArgumentParser, *, dataset: str) -> a
         help="one-hot categorical columns (the reference); otherwise scaled ordinal codes",
     )
     return parser
+
+
+def add_imputer_args(
+    parser: argparse.ArgumentParser, *, splits: dict[str, int], seed: int, out_dir: str
+) -> None:
+    """Flags every impute_<dataset>.py shares (``--split_sizes`` only when ``splits`` is not empty)."""
+    parser.add_argument("--out_dir", type=Path, default=Path(out_dir))
+    parser.add_argument(
+        "--imputer",
+        choices=IMPUTERS,
+        default="tabpfn",
+        help="tabpfn (the paper's; needs weights) or hgb (offline stand-in, labelled as such)",
+    )
+    parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
+    parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
+    parser.add_argument(
+        "--device", default="cpu", help="TabPFN's device, e.g. cuda (default: %(default)s; hgb ignores it)"
+    )
+    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
+    if splits:
+        parser.add_argument(
+            "--split_sizes",
+            type=int,
+            nargs=len(splits),
+            default=list(splits.values()),
+            metavar=tuple(s.upper() for s in splits),
+            help="rows per split (default: %(default)s)",
+        )
+    parser.add_argument("--no_progress", action="store_true")

@@ -14,6 +14,7 @@ the vocabulary lacks (or a missing value) becomes an all-zero one-hot block.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,9 +102,64 @@ def check_aligned(
             )
 
 
+def split_indices(num_rows: int, sizes: dict[str, int], *, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint random row indices per split (e.g. support/train/val/test), from one seeded permutation."""
+    total = sum(sizes.values())
+    if total > num_rows:
+        raise ValueError(f"split sizes {sizes} need {total} rows but the table has {num_rows}.")
+    order = np.random.default_rng(seed).permutation(num_rows)
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = np.sort(order[start : start + size])
+        start += size
+    return out
+
+
+def check_disjoint(support_ids: Sequence, train_ids: Sequence, *, what: str = "support set") -> None:
+    """The support set must not contain training rows: their sensitive values would leak."""
+    overlap = sorted(set(support_ids) & set(train_ids))
+    if overlap:
+        raise ValueError(
+            f"the {what} overlaps the training rows ({len(overlap)} shared row id(s), e.g. {overlap[:5]}): "
+            "an imputer fitted on it would see training rows' sensitive values. Use disjoint rows."
+        )
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """``frame`` as a CSV without the index, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
 def output_files(dataset: str) -> dict[str, str]:
     """The reference file names: ``<ds>_support.csv, <ds>_train.csv, <ds>_train_imputed.csv, ...``."""
     return {split: f"{dataset}_{split}.csv" for split in ("support", "train", "train_imputed", "val", "test")}
+
+
+IMPUTATION_INFO = "imputation_info.json"
+"""What every ``impute_<dataset>.py`` writes beside its splits: the imputer, its settings, deviations."""
+
+
+def read_imputation_info(data_dir: str | os.PathLike) -> dict | None:
+    """The ``imputation_info.json`` in ``data_dir``, or None when there is none (e.g. the authors' release).
+
+    The one reader of that file, so that every consumer sees the same keys and the same missing case.
+    """
+    path = Path(data_dir) / IMPUTATION_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def imputer_provenance(data_dir: str | os.PathLike, *, when_missing: str = "unknown") -> dict:
+    """The record fields naming who made the hybrid rows: ``imputer`` and ``deviation_from_paper``.
+
+    ``when_missing`` is the ``imputer`` recorded when ``data_dir`` has no imputation_info.json.
+    """
+    info = read_imputation_info(data_dir)
+    if info is None:
+        return {"imputer": when_missing, "deviation_from_paper": None}
+    return {"imputer": info.get("imputer"), "deviation_from_paper": info.get("deviation_from_paper")}
 
 
 def load_imputed_splits(

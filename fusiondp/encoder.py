@@ -425,42 +425,45 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
 
 
 def encoder_run(
-    args: argparse.Namespace,
     frames: dict[str, pd.DataFrame],
     *,
     data_dir: str | os.PathLike,
     mode: ModeSpec,
     classes: Sequence[str] | None,
+    encoder: str | None,
+    max_tokens: int,
+    batch_size: int,
+    head_hidden: int,
+    head_dropout: float,
+    device: str = "cpu",
+    progress: bool = True,
 ) -> tuple[EncodedNotes, Callable[[], EncoderHead], dict]:
     """The data, a head factory and the record fields of one ``--model encoder`` run.
 
     Privacy contract as :func:`encode_notes` (the original notes' cache under ``data_dir``, read only
     for the private term); the record fields name the encoder and the head, nothing computed from notes.
     """
-    if args.head_hidden < 1 or not 0 <= args.head_dropout < 1:
+    if head_hidden < 1 or not 0 <= head_dropout < 1:
         raise ValueError(
-            f"--head_hidden must be >= 1 and --head_dropout in [0, 1), got {args.head_hidden!r}, "
-            f"{args.head_dropout!r}."
+            f"--head_hidden must be >= 1 and --head_dropout in [0, 1), got {head_hidden!r}, {head_dropout!r}."
         )
     data = encode_notes(
         frames,
         data_dir=data_dir,
-        spec=resolve_encoder(args.encoder, max_tokens=args.encoder_max_tokens),
+        spec=resolve_encoder(encoder, max_tokens=max_tokens),
         mode=mode,
         classes=classes,
-        batch_size=args.encoder_batch_size,
-        device=resolve_device(args.device),
-        progress=not args.no_progress,
+        batch_size=batch_size,
+        device=resolve_device(device),
+        progress=progress,
     )
 
     def build_model() -> EncoderHead:
-        return EncoderHead(
-            data.num_features, len(data.classes), hidden=args.head_hidden, dropout=args.head_dropout
-        )
+        return EncoderHead(data.num_features, len(data.classes), hidden=head_hidden, dropout=head_dropout)
 
     head = (
-        f"Linear({data.num_features}, {args.head_hidden}) > LayerNorm > GELU > "
-        f"ViewSharedDropout({args.head_dropout}) > Linear({args.head_hidden}, {len(data.classes)})"
+        f"Linear({data.num_features}, {head_hidden}) > LayerNorm > GELU > "
+        f"ViewSharedDropout({head_dropout}) > Linear({head_hidden}, {len(data.classes)})"
     )
     source = "none: the encoder's own tokenizer and weights (public, frozen)"
     return data, build_model, {"model": "encoder", "head": head, "vocabulary_source": source}

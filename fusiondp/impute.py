@@ -1,4 +1,4 @@
-"""Imputation of sensitive columns from public columns (DESIGN.md §2), with TabPFN or a fallback.
+"""Imputation of sensitive columns from public columns (docs/design.md §1, §5), with TabPFN or a fallback.
 
 Privacy contract: an imputer is fitted on a PUBLIC support set (rows disjoint from the training rows,
 whose sensitive values are public) and, for the rows it imputes, reads their public columns only.
@@ -6,7 +6,7 @@ Every encoding it uses (category vocabularies, top-k caps) is fitted on the supp
 
 Imputation quality (accuracy/macro-F1, MSE/R²) is measured on HELD-OUT evaluation rows only: the
 imputer fitted on the support set predicts the val and test rows from their public columns, and those
-predictions are scored against their true values (val/test rows are evaluation data, DESIGN.md §5).
+predictions are scored against their true values (val/test rows are evaluation data, docs/design.md §5).
 It is never measured on training rows: a score against the training rows' original sensitive values
 is a deterministic function of them (one row's value moves an MSE on 30,000 rows visibly), so
 publishing it would release private values outside the mechanism. Scoring training rows stays
@@ -20,9 +20,7 @@ machines without TabPFN weights; its results are a deviation from the paper and 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +29,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 from tqdm.auto import tqdm
 
-from fusiondp.data import output_files
+from fusiondp.config import ImputeConfig
+from fusiondp.data import IMPUTATION_INFO, check_disjoint, output_files, split_indices, write_csv
 
 IMPUTERS = ("tabpfn", "hgb")
 DEVIATION_NOTE = "hgb imputer (scikit-learn HistGradientBoosting), NOT TabPFN: a deviation from the paper"
@@ -45,31 +44,11 @@ QUALITY_NOTE = (
 )
 
 
-def split_indices(num_rows: int, sizes: dict[str, int], *, seed: int) -> dict[str, np.ndarray]:
-    """Disjoint random row indices per split (e.g. support/train/val/test), from one seeded permutation."""
-    total = sum(sizes.values())
-    if total > num_rows:
-        raise ValueError(f"split sizes {sizes} need {total} rows but the table has {num_rows}.")
-    order = np.random.default_rng(seed).permutation(num_rows)
-    out, start = {}, 0
-    for name, size in sizes.items():
-        out[name] = np.sort(order[start : start + size])
-        start += size
-    return out
+def cap_categories(support: pd.Series, *, max_categories: int) -> list:
+    """The categories to keep: the ``max_categories - 1`` most frequent in the (public) support set.
 
-
-def check_disjoint(support_ids: Sequence, train_ids: Sequence, *, what: str = "support set") -> None:
-    """The support set must not contain training rows: their sensitive values would leak."""
-    overlap = sorted(set(support_ids) & set(train_ids))
-    if overlap:
-        raise ValueError(
-            f"the {what} overlaps the training rows ({len(overlap)} shared row id(s), e.g. {overlap[:5]}): "
-            "an imputer fitted on it would see training rows' sensitive values. Use disjoint rows."
-        )
-
-
-def cap_categories(support: pd.Series, *, max_categories: int, other: str = "other") -> list:
-    """The categories to keep: the ``max_categories - 1`` most frequent in the (public) support set."""
+    One class is left for :func:`apply_cap`'s ``other``, which takes every category not kept.
+    """
     counts = support.dropna().astype(str).value_counts(sort=True)
     if len(counts) <= max_categories:
         return sorted(counts.index)
@@ -375,52 +354,14 @@ def heldout_quality(
     return pd.concat(parts, ignore_index=True)
 
 
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    return path
-
-
-def add_imputer_args(
-    parser: argparse.ArgumentParser, *, splits: dict[str, int], seed: int, out_dir: str
-) -> None:
-    """Flags every impute_<dataset>.py shares (``--split_sizes`` only when ``splits`` is not empty)."""
-    parser.add_argument("--out_dir", type=Path, default=Path(out_dir))
-    parser.add_argument(
-        "--imputer",
-        choices=IMPUTERS,
-        default="tabpfn",
-        help="tabpfn (the paper's; needs weights) or hgb (offline stand-in, labelled as such)",
-    )
-    parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
-    parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
-    parser.add_argument(
-        "--device", default="cpu", help="TabPFN's device, e.g. cuda (default: %(default)s; hgb ignores it)"
-    )
-    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
-    if splits:
-        parser.add_argument(
-            "--split_sizes",
-            type=int,
-            nargs=len(splits),
-            default=list(splits.values()),
-            metavar=tuple(s.upper() for s in splits),
-            help="rows per split (default: %(default)s)",
-        )
-    parser.add_argument("--no_progress", action="store_true")
-
-
-def check_imputer_ready(
-    args: argparse.Namespace, *, needed: Sequence[str] = ("classifier", "regressor")
-) -> None:
+def check_imputer_ready(config: ImputeConfig, *, needed: Sequence[str] = ("classifier", "regressor")) -> None:
     """Before any work: the chosen imputer can run here (TabPFN: weights load without a download).
 
     Raises ValueError with what is missing and what to do, so that the script ends in one line.
     """
-    if args.imputer != "tabpfn":
+    if config.imputer != "tabpfn":
         return
-    paths = {"classifier": args.tabpfn_classifier_path, "regressor": args.tabpfn_regressor_path}
+    paths = {"classifier": config.tabpfn_classifier_path, "regressor": config.tabpfn_regressor_path}
     problem = tabpfn_weights_problem(paths, needed=needed)
     if problem:
         raise ValueError(problem)
@@ -428,7 +369,7 @@ def check_imputer_ready(
 
 def impute_dataset(
     df: pd.DataFrame,
-    args: argparse.Namespace,
+    config: ImputeConfig,
     *,
     dataset: str,
     public: Sequence[str],
@@ -436,15 +377,15 @@ def impute_dataset(
     categorical: Sequence[str],
     source: str,
 ) -> dict:
-    """Split ``df`` (support/train/val/test, ``args.split_sizes``) and run :func:`impute_splits`."""
+    """Split ``df`` (support/train/val/test, ``config.split_sizes``) and run :func:`impute_splits`."""
     splits = ("support", "train", "val", "test")
-    sizes = dict(zip(splits, args.split_sizes, strict=True))
-    ids = split_indices(len(df), sizes, seed=args.seed)
+    sizes = dict(zip(splits, config.split_sizes, strict=True))
+    ids = split_indices(len(df), sizes, seed=config.seed)
     check_disjoint(ids["support"], ids["train"])
     frames = {name: df.iloc[rows].reset_index(drop=True) for name, rows in ids.items()}
     return impute_splits(
         frames,
-        args,
+        config,
         dataset=dataset,
         public=public,
         sensitive=sensitive,
@@ -455,7 +396,7 @@ def impute_dataset(
 
 def impute_splits(
     frames: dict[str, pd.DataFrame],
-    args: argparse.Namespace,
+    config: ImputeConfig,
     *,
     dataset: str,
     public: Sequence[str],
@@ -476,49 +417,49 @@ def impute_splits(
     (column ``rows``), and ``imputation_info.json`` says so: both are byte-identical whatever the
     training rows' sensitive values are.
     """
-    frames = dict(frames)
+    frames = {name: frame.copy() for name, frame in frames.items()}  # the caller's tables stay as given
     for col in [c for c in sensitive if c in set(categorical)]:
         keep = cap_categories(frames["support"][col], max_categories=TABPFN_MAX_CLASSES)
         for frame in frames.values():
             frame[col] = apply_cap(frame[col], keep)
     imputer = SensitiveImputer(
-        kind=args.imputer,
+        kind=config.imputer,
         public=public,
         sensitive=sensitive,
         categorical=categorical,
-        seed=args.seed,
-        model_paths={"classifier": args.tabpfn_classifier_path, "regressor": args.tabpfn_regressor_path},
-        device=args.device,
+        seed=config.seed,
+        model_paths={"classifier": config.tabpfn_classifier_path, "regressor": config.tabpfn_regressor_path},
+        device=config.device,
         **(imputer_options or {}),
     )
-    imputed = imputer.fit(frames["support"]).predict(frames["train"], progress=not args.no_progress)
+    imputed = imputer.fit(frames["support"]).predict(frames["train"], progress=config.progress)
     frames["train_imputed"] = frames["train"].assign(**{c: imputed[c] for c in sensitive})
     files = files or output_files(dataset)
     for name, frame in frames.items():
-        write_csv(frame, args.out_dir / files[name])
-    quality = heldout_quality(imputer, frames, categorical=categorical, progress=not args.no_progress)
-    quality.insert(0, "imputer", args.imputer)
-    quality.to_csv(args.out_dir / "imputation_metrics.csv", index=False)
+        write_csv(frame, config.out_dir / files[name])
+    quality = heldout_quality(imputer, frames, categorical=categorical, progress=config.progress)
+    quality.insert(0, "imputer", config.imputer)
+    quality.to_csv(config.out_dir / "imputation_metrics.csv", index=False)
     info = {
         "dataset": dataset,
-        "imputer": args.imputer,
-        "seed": args.seed,
+        "imputer": config.imputer,
+        "seed": config.seed,
         **info,
         "sensitive_columns": list(sensitive),
         "imputation_quality": {"rows": list(QUALITY_ROWS), "measured_on": QUALITY_NOTE},
-        "deviation_from_paper": DEVIATION_NOTE if args.imputer == "hgb" else None,
+        "deviation_from_paper": DEVIATION_NOTE if config.imputer == "hgb" else None,
         "imputer_settings": {
             "model": (
                 f"TabPFN, n_estimators {imputer.n_estimators}, device {imputer.device}"
-                if args.imputer == "tabpfn"
+                if config.imputer == "tabpfn"
                 else "HistGradientBoosting: learning_rate 0.05, min_samples_leaf 20, early stopping on 20% of the support set"
             ),
             "max_support_rows": imputer.max_support_rows,
             **(imputer_options or {}),
         },
     }
-    (args.out_dir / "imputation_info.json").write_text(json.dumps(info, indent=2, default=list) + "\n")
+    (config.out_dir / IMPUTATION_INFO).write_text(json.dumps(info, indent=2, default=list) + "\n")
     print(f"imputation quality, {QUALITY_NOTE}:\n" + quality.to_string(index=False))
-    if args.imputer == "hgb":
+    if config.imputer == "hgb":
         print(f"NOTE: {DEVIATION_NOTE}.")
-    return {"out_dir": str(args.out_dir), "quality": quality.to_dict("records"), **info}
+    return {"out_dir": str(config.out_dir), "quality": quality.to_dict("records"), **info}

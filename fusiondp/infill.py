@@ -36,7 +36,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -430,10 +429,3 @@ def infill_notes(
         lm_spans=lm_spans,
         seconds=time.perf_counter() - start,
     )
-
-
-def cache_file(cache_dir: str | os.PathLike | None, name: str = "infill_cache.jsonl") -> Path | None:
-    if cache_dir is None:
-        return None
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    return Path(cache_dir) / name

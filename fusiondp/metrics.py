@@ -17,6 +17,8 @@ from sklearn.metrics import (
 )
 from torch import Tensor, nn
 
+from fusiondp.models import eval_mode
+
 
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, *, threshold: float = 0.5) -> dict[str, float]:
     """Accuracy, AUROC, AUPR (average precision) and F1 at ``threshold``.
@@ -45,12 +47,8 @@ def predict_proba(model: nn.Module, x: Tensor, *, chunk: int = 8192) -> np.ndarr
 
     The model's previous mode (train or eval) is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         parts = [torch.sigmoid(model(x[i : i + chunk])[0].squeeze(-1)) for i in range(0, len(x), chunk)]
-    finally:
-        model.train(was_training)
     return torch.cat(parts).float().cpu().numpy() if parts else np.zeros(0)
 
 
@@ -97,11 +95,7 @@ def evaluate_multilabel(
     chunk: int = 128,
 ) -> dict[str, float]:
     """:func:`multilabel_metrics` over every note, in order, in eval mode; ``pad`` batches a chunk."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         parts = [torch.sigmoid(model(pad(notes[i : i + chunk]))[0]) for i in range(0, len(notes), chunk)]
-    finally:
-        model.train(was_training)
     prob = torch.cat(parts).float().cpu().numpy() if parts else np.zeros(tuple(y.shape))
     return multilabel_metrics(y.cpu().numpy(), prob)

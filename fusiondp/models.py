@@ -1,14 +1,26 @@
-"""Models that return ``(logits, representation)`` (DESIGN.md §6).
+"""Models that return ``(logits, representation)`` (docs/design.md §1).
 
 Inputs may carry leading ``(views, batch)`` dimensions; everything is applied over the last one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in eval mode (no dropout); its previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class ViewSharedDropout(nn.Module):
@@ -70,10 +82,6 @@ class LabelwiseLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         out = (x * self.weight).sum(-1)
         return out if self.bias is None else out + self.bias
-
-
-def sepsis_mlp(in_features: int) -> MLP:
-    return MLP(in_features, hidden=(64, 128, 64), dropout=0.15)
 
 
 def small_tabular_mlp(in_features: int) -> MLP:

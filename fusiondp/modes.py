@@ -1,4 +1,4 @@
-"""The nine training modes of DESIGN.md §4, as data: one step serves them all.
+"""The nine training modes of docs/design.md §3, as data: one step serves them all.
 
 Every mode is a combination of
 * a noise-free public term on a uniform batch of a public view (the hybrid rows, or the rows with
@@ -13,6 +13,8 @@ combined as ``g = w_pub · g_pub + w_priv · g_priv``. The non-private modes are
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from fusiondp.privacy import ADD_REMOVE, REPLACE_ONE, ZERO_OUT
 
 ORIGINAL, HYBRID, NOISE = "original", "hybrid", "noise"
 
@@ -33,14 +35,18 @@ class ModeSpec:
     """Neighbouring relation the noise is calibrated for (see fusiondp.privacy)."""
     guarantee: str = ""
 
-    def weights(self, *, alpha: float, beta: float) -> tuple[float, float]:
-        """(w_pub, w_priv) of ``g = w_pub · g_pub + w_priv · g_priv``."""
+    def weights(self, *, alpha: float, mix_weight: float) -> tuple[float, float]:
+        """(w_pub, w_priv) of ``g = w_pub · g_pub + w_priv · g_priv``.
+
+        ``alpha`` weighs the split modes' private term; ``mix_weight`` is naive fusion's weight of the
+        DP gradient (``--mix_weight``, or ``--beta`` as in the reference command).
+        """
         if not self.private:
             return 1.0, 0.0
         if self.private_loss == "full" and self.public_view is None:
             return 0.0, 1.0
-        if self.private_loss == "full":  # naive fusion mixes the two gradients with β
-            return 1.0 - beta, beta
+        if self.private_loss == "full":  # naive fusion mixes the two gradients
+            return 1.0 - mix_weight, mix_weight
         return 1.0, alpha
 
     def regularizer_weight(self, *, beta: float) -> float:
@@ -76,17 +82,17 @@ MODES: dict[str, ModeSpec] = {m.name: m for m in (
     ModeSpec("sgd_pub", "plain SGD, sensitive columns replaced by N(0,1) noise", False, sgd_view=NOISE,
              guarantee=_NEVER_READ),
     ModeSpec("dpsgd", "standard DP-SGD on original rows", True, private_loss="full",
-             relation="add/remove", guarantee=_ADD_REMOVE),
-    ModeSpec("naive_fusion", "(1-beta)*SGD(hybrid) + beta*DP-SGD(original)", True, public_view=HYBRID,
-             private_loss="full", relation="replace-one", guarantee=_REPLACE_ONE),
-    ModeSpec("naive_fusion_pub", "(1-beta)*SGD(noise view) + beta*DP-SGD(original)", True,
-             public_view=NOISE, private_loss="full", relation="replace-one", guarantee=_REPLACE_ONE),
+             relation=ADD_REMOVE, guarantee=_ADD_REMOVE),
+    ModeSpec("naive_fusion", "(1-w)*SGD(hybrid) + w*DP-SGD(original), w = --mix_weight", True, public_view=HYBRID,
+             private_loss="full", relation=REPLACE_ONE, guarantee=_REPLACE_ONE),
+    ModeSpec("naive_fusion_pub", "(1-w)*SGD(noise view) + w*DP-SGD(original)", True,
+             public_view=NOISE, private_loss="full", relation=REPLACE_ONE, guarantee=_REPLACE_ONE),
     ModeSpec("feature-dp", "split step with the noise view, no regularizer", True, public_view=NOISE,
-             private_loss="difference", relation="zero-out", guarantee=_ZERO_OUT_NOISE),
+             private_loss="difference", relation=ZERO_OUT, guarantee=_ZERO_OUT_NOISE),
     ModeSpec("calibrated_fusion", "split step with the hybrid view, no regularizer", True,
-             public_view=HYBRID, private_loss="difference", relation="zero-out", guarantee=_ZERO_OUT_HYBRID),
+             public_view=HYBRID, private_loss="difference", relation=ZERO_OUT, guarantee=_ZERO_OUT_HYBRID),
     ModeSpec("fusiondp", "split step with the hybrid view and the regularizer", True, public_view=HYBRID,
-             private_loss="difference", uses_regularizer=True, relation="zero-out",
+             private_loss="difference", uses_regularizer=True, relation=ZERO_OUT,
              guarantee=_ZERO_OUT_HYBRID),
 )}
 # fmt: on

@@ -1,4 +1,4 @@
-"""Noise calibration and privacy accounting per neighbouring relation (DESIGN.md §1).
+"""Noise calibration and privacy accounting per neighbouring relation (docs/design.md §2).
 
 Every DP mode releases T Poisson-subsampled Gaussian sums of per-example gradients clipped to norm C,
 with noise N(0, σ²C²). What one row can change in that sum depends on the relation:

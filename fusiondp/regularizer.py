@@ -1,4 +1,4 @@
-"""Representation-consistency regularizer and its clip C_h (DESIGN.md §3).
+"""Representation-consistency regularizer and its clip C_h (docs/design.md §1).
 
 The regularizer for row i is ``‖clip_{C_h}(h(x_i) − h(x̃_i))‖² / C_h²``, which equals
 ``min(‖v‖², C_h²) / C_h²``: at most 1 per row, and its gradient is exactly zero when the two
@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fusiondp.models import eval_mode
+
 
 def consistency_penalty(h: Tensor, h_reference: Tensor, *, c_h: float) -> Tensor:
     """``min(‖h − h_ref‖², C_h²) / C_h²`` over the last dimension; each value lies in [0, 1]."""
@@ -23,13 +25,9 @@ def consistency_penalty(h: Tensor, h_reference: Tensor, *, c_h: float) -> Tensor
 
 @torch.no_grad()
 def _median_representation_distance(model: nn.Module, x: Tensor, x_other: Tensor) -> float:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, h = model(x)
         _, h_other = model(x_other)
-    finally:
-        model.train(was_training)
     return float((h - h_other).norm(dim=-1).median())
 
 

@@ -1,4 +1,4 @@
-"""The split-loss DP-SGD step (DESIGN.md §3), written once and parameterised by the mode.
+"""The split-loss DP-SGD step (docs/design.md §1), written once and parameterised by the mode.
 
 Phases of one step, in order:
 

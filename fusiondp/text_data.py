@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from fusiondp.data import read_csv
 from fusiondp.metrics import evaluate_multilabel
+from fusiondp.models import eval_mode
 
 PAD, UNK = 0, 1
 SPECIALS = ["<pad>", "<unk>"]
@@ -414,12 +415,8 @@ class TextData:
 
 def median_h_distance(model: nn.Module, x: Tensor, x_other: Tensor, *, reduce: bool = True):
     """Median over rows of ‖h(x) − h(x_other)‖ in eval mode (``reduce=False``: the distances)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         d = (model(x)[1] - model(x_other)[1]).norm(dim=-1)
-    finally:
-        model.train(was_training)
     return float(d.median()) if reduce else d
 
 

@@ -13,23 +13,18 @@ then scores them and attacks each sensitive column (see fusiondp/audit.py). Reco
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the *_bank.py scripts live at the top
+from audit_common import add_audit_args, run_audit_script  # scripts/audit_common.py
 
-import train_fusiondp_bank as bank
-from fusiondp.audit import TabularTask, add_audit_args, run_audit_script
+from fusiondp.audit import TabularTask
 from fusiondp.cli import run_main
-from fusiondp.data import load_imputed_splits
-from fusiondp.models import small_tabular_mlp
-from impute_bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
+from fusiondp.data import imputer_provenance, load_imputed_splits
+from fusiondp.datasets import bank, training_parser
+from fusiondp.datasets.bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = bank.get_args_parser()
-    parser.description = __doc__
+    parser = training_parser(bank, __doc__)  # the flags of train_fusiondp_bank.py, with its defaults
     return add_audit_args(parser)
 
 
@@ -37,8 +32,6 @@ def main(args: argparse.Namespace) -> dict:
     frames = load_imputed_splits(
         args.data_dir, dataset="bank", public=PUBLIC, sensitive=SENSITIVE, label=LABEL
     )
-    info_path = Path(args.data_dir) / "imputation_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {"imputer": "unknown"}
     task = TabularTask(
         dataset="bank",
         frames={
@@ -51,14 +44,10 @@ def main(args: argparse.Namespace) -> dict:
         public=PUBLIC,
         sensitive=SENSITIVE,
         label=LABEL,
-        build_model=small_tabular_mlp,
+        build_model=bank.build_model,
         categorical=CATEGORICAL,
         one_hot=args.one_hot,
-        extra_record={
-            "data_dir": str(args.data_dir),
-            "imputer": info.get("imputer"),
-            "deviation_from_paper": info.get("deviation_from_paper"),
-        },
+        extra_record={"data_dir": str(args.data_dir), **imputer_provenance(args.data_dir)},
     )
     return run_audit_script(task, args)
 

@@ -12,21 +12,17 @@ then scores them and attacks each sensitive column (see fusiondp/audit.py). Reco
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the train_*.py scripts live at the top
+from audit_common import add_audit_args, run_audit_script  # scripts/audit_common.py
 
-import train_fusiondp_sepsis as sepsis
-from fusiondp.audit import TabularTask, add_audit_args, run_audit_script
+from fusiondp.audit import TabularTask
 from fusiondp.cli import run_main
 from fusiondp.data import data_root
-from fusiondp.models import sepsis_mlp
+from fusiondp.datasets import sepsis, training_parser
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = sepsis.get_args_parser()
-    parser.description = __doc__
+    parser = training_parser(sepsis, __doc__)  # the flags of train_fusiondp_sepsis.py, with its defaults
     return add_audit_args(parser)
 
 
@@ -35,11 +31,16 @@ def main(args: argparse.Namespace) -> dict:
     frames = sepsis.load_frames(data_dir, max_train_rows=args.max_train_rows)
     task = TabularTask(
         dataset="sepsis",
-        frames=frames,
+        frames={
+            "original": frames["train"],
+            "hybrid": frames["train_imputed"],
+            "val": frames["val"],
+            "test": frames["test"],
+        },  # TabularTask names the training views original/hybrid
         public=sepsis.PUBLIC,
         sensitive=sepsis.SENSITIVE,
         label=sepsis.LABEL,
-        build_model=sepsis_mlp,
+        build_model=sepsis.build_model,
         extra_record={"data_dir": str(data_dir)},
     )
     return run_audit_script(task, args)

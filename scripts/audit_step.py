@@ -5,7 +5,8 @@ r"""Gradient-space canary audit of the private step at a data set's reference se
 
 For each target ε, σ is calibrated as a training run would (zero-out, --accountant), then
 :func:`fusiondp.audit.step_canary_audit` runs the package's private step for T steps on Dirac canaries,
-for the correct step and for the test-only broken variants (no noise, no clipping). Prints a Markdown
+for the correct step and for the named broken variants of fusiondp/audit/controls.py (no noise,
+no clipping). Prints a Markdown
 table: claimed ε, ε_lower (95%) mean ± std over seeds, and correct guesses. ε_lower cannot exceed
 what --canaries/--guesses allow (all guesses right), about 5.7 for 5000/1000.
 """
@@ -16,11 +17,11 @@ import argparse
 
 import numpy as np
 
-from fusiondp.audit import negative_control, step_canary_audit
+from fusiondp.audit import CORRECT, NO_CLIPPING, NO_NOISE, step_canary_audit
 from fusiondp.cli import run_main
 from fusiondp.privacy import ACCOUNTANTS, make_privacy_spec
 
-VARIANTS = (None, "no_noise", "no_clipping")
+VARIANTS = (CORRECT, NO_NOISE, NO_CLIPPING)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -59,24 +60,24 @@ def main(args: argparse.Namespace) -> dict:
         for variant in VARIANTS:
             results = []
             for seed in args.seeds:
-                with negative_control(variant):
-                    results.append(
-                        step_canary_audit(
-                            noise_multiplier=spec.noise_multiplier,
-                            sample_rate=spec.sample_rate,
-                            steps=spec.steps,
-                            max_grad_norm=args.max_grad_norm,
-                            claimed_epsilon=spec.epsilon_spent,
-                            delta=args.delta,
-                            canaries=args.canaries,
-                            guesses=args.guesses,
-                            seed=seed,
-                        )
+                results.append(
+                    step_canary_audit(
+                        noise_multiplier=spec.noise_multiplier,
+                        sample_rate=spec.sample_rate,
+                        steps=spec.steps,
+                        max_grad_norm=args.max_grad_norm,
+                        claimed_epsilon=spec.epsilon_spent,
+                        delta=args.delta,
+                        canaries=args.canaries,
+                        guesses=args.guesses,
+                        seed=seed,
+                        variant=variant,
                     )
+                )
             lower = np.array([r["epsilon_lower"] for r in results])
             spread = f" ± {lower.std(ddof=1):.2f}" if len(lower) > 1 else ""
             correct = "/".join(str(r["correct"]) for r in results)
-            name = variant or "correct"
+            name = variant.name
             lines.append(
                 f"| {args.label} | {eps:g} | {spec.noise_multiplier:.3f} | {spec.epsilon_spent:.2f} | {name} | "
                 f"{lower.mean():.2f}{spread} | {correct} of {args.guesses} | {len(results)} |"

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from fusiondp.benchmark import cpu_model, peak_rss_mb
 from fusiondp.models import CAML, multilabel_bce
 from fusiondp.regularizer import consistency_penalty
 from fusiondp.results import command_line, git_commit
@@ -204,26 +204,6 @@ def child(args: argparse.Namespace) -> dict:
     if x.is_cuda:
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 1e6
     return out
-
-
-def peak_rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(args: argparse.Namespace) -> dict:

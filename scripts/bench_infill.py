@@ -25,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from fusiondp.cli import run_main
 from fusiondp.data import data_root
 from fusiondp.infill import SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm

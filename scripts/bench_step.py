@@ -41,7 +41,6 @@ import copy
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -54,8 +53,11 @@ from pathlib import Path
 
 import torch
 
+from fusiondp.benchmark import PEAK_RSS_WRAPPER, machine_info, time_calls
+from fusiondp.config import RunConfig
 from fusiondp.data import data_root, prepare_tabular
-from fusiondp.models import binary_bce, sepsis_mlp
+from fusiondp.datasets import sepsis, training_parser
+from fusiondp.models import binary_bce
 from fusiondp.modes import MODES
 from fusiondp.regularizer import estimate_c_h_public
 from fusiondp.results import append_record, command_line, git_commit, load_records
@@ -78,35 +80,6 @@ FUSIONDP_MAX_RATIO = 5.0
 DPSGD_MAX_RATIO = 2.0
 MAX_PRIVACY_OVERHEAD = 1.3
 MAX_RSS_MB = 2000.0
-
-# Peak memory. The child is wrapped in this `python -c` program, which runs the training script with
-# runpy (same argv, `__name__ == "__main__"`) and, when it ends, writes its own peak resident set size
-# to a file. It reads VmHWM from /proc/self/status, not ru_maxrss: on Linux ru_maxrss (getrusage
-# RUSAGE_SELF, wait4, or RUSAGE_CHILDREN, which is a max over all children anyway) carries over the
-# PARENT's peak across fork+exec, so after this process has imported torch and loaded the data every
-# child would report at least our own peak. VmHWM is the high-water mark of the process's own address
-# space, which exec replaces. Where /proc is missing (not Linux) it falls back to ru_maxrss (bytes on
-# macOS, KiB elsewhere) and says so in the file. /usr/bin/time -v would measure the same thing as
-# VmHWM but is not installed everywhere; this needs nothing beyond Python.
-CHILD_WRAPPER = r"""
-import json, resource, runpy, sys
-peak_file, script, *rest = sys.argv[1:]
-sys.argv = [script, *rest]
-try:
-    runpy.run_path(script, run_name="__main__")
-finally:
-    try:
-        with open("/proc/self/status") as fh:
-            kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
-        peak, source = kib * 1024, "VmHWM"
-    except (OSError, StopIteration):
-        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak, source = (raw if sys.platform == "darwin" else raw * 1024), "ru_maxrss"
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
-    with open(peak_file, "w") as fh:
-        json.dump({"peak_rss_bytes": peak, "source": source, "torch_threads": threads}, fh)
-"""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -148,42 +121,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sepsis_module():
-    """The sepsis training script as a module (it lives at the repository root, not in the package)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import train_fusiondp_sepsis
-
-    return train_fusiondp_sepsis
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_version": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-    if hasattr(os, "sched_getaffinity"):
-        info["cpus_usable"] = len(os.sched_getaffinity(0))
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = round(os.getloadavg()[0], 2)
-    return info
-
-
 def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> dict:
     """One training run of ``mode`` in a fresh process: its seconds/epoch and peak RSS."""
     results = workdir / f"{tag}.jsonl"
@@ -192,7 +129,7 @@ def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> d
     train_flags += ["--results_json", str(results), *shlex.split(args.train_flags)]
     if args.data_dir is not None:
         train_flags += ["--data_dir", str(args.data_dir.resolve())]
-    command = [sys.executable, "-c", CHILD_WRAPPER, str(peak_file), str(TRAIN_SCRIPT), *train_flags]
+    command = [sys.executable, "-c", PEAK_RSS_WRAPPER, str(peak_file), str(TRAIN_SCRIPT), *train_flags]
     start = time.perf_counter()
     env = dict(os.environ)
     if args.threads:
@@ -213,24 +150,6 @@ def run_child(mode: str, args: argparse.Namespace, workdir: Path, tag: str) -> d
         "torch_threads": peak["torch_threads"],
         "wall_seconds": wall,
     }
-
-
-def time_calls(fns: dict[str, Callable[[], object]], *, calls: int, warmup: int) -> dict[str, float]:
-    """Median wall milliseconds per call of each function, after ``warmup`` untimed calls of each.
-
-    The calls are interleaved (one call of every function per round), so a change in background
-    load during the measurement affects every function alike instead of whichever ran at the time.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(calls):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 PUBLIC = "public gradient: hybrid, one public batch (4,096 rows)"
@@ -260,13 +179,13 @@ def plain_backward(
 
 def time_phases(args: argparse.Namespace) -> dict:
     """Median ms per call of each phase of a step, on the real sepsis tensors with the sepsis MLP."""
-    sepsis = _sepsis_module()
-    ref = sepsis.get_args_parser().parse_args([])  # the reference defaults of the training script
+    # the reference defaults of the training script
+    ref = RunConfig.from_args(training_parser(sepsis).parse_args([]))
     data_dir = args.data_dir or data_root() / "sepsis"
     frames = sepsis.load_frames(data_dir)
     data, _ = prepare_tabular(
-        frames["original"],
-        frames["hybrid"],
+        frames["train"],
+        frames["train_imputed"],
         frames["val"],
         frames["test"],
         sensitive=sepsis.SENSITIVE,
@@ -274,11 +193,11 @@ def time_phases(args: argparse.Namespace) -> dict:
         label=sepsis.LABEL,
         noise_seed=args.seed,
         # Timing only: any public scale will do, the hybrid rows' own is at hand.
-        original_stats=column_statistics(frames["hybrid"], sepsis.SENSITIVE),
+        original_stats=column_statistics(frames["train_imputed"], sepsis.SENSITIVE),
     )
     n = data.num_rows
     torch.manual_seed(args.seed)
-    model = sepsis_mlp(data.original.shape[1])
+    model = sepsis.build_model(data.original.shape[1])
     model.train()  # dropout on, as in training
     generator = torch.Generator().manual_seed(args.seed + 2)
     c_h = estimate_c_h_public(

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import train_fusiondp_sepsis as sepsis
+from fusiondp.config import RunConfig
 from fusiondp.data import data_root, prepare_tabular
-from fusiondp.models import binary_bce, sepsis_mlp
+from fusiondp.datasets import sepsis, training_parser
+from fusiondp.models import binary_bce
 from fusiondp.scaling import column_statistics
 from fusiondp.train import run_experiment
 
@@ -37,7 +34,7 @@ def main() -> None:
     cli = parser.parse_args()
     data_dir = data_root() / "sepsis"
     for seed in cli.seeds:
-        args = sepsis.get_args_parser().parse_args(
+        args = training_parser(sepsis).parse_args(
             ["--mode", "dpsgd", "--epsilon", str(cli.epsilon), "--seed", str(seed), "--no_progress"]
         )
         frames, _ = sepsis.training_frames(
@@ -60,10 +57,10 @@ def main() -> None:
             noise_seed=seed,
         )
         record = run_experiment(
-            args,
+            RunConfig.from_args(args),
             dataset="sepsis",
             data=data,
-            build_model=lambda d=data.num_features: sepsis_mlp(d),
+            build_model=lambda d=data.num_features: sepsis.build_model(d),
             loss_fn=binary_bce,
         )
         print(

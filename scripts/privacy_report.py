@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusiondp.cli import run_main
 from fusiondp.impute import QUALITY_ROWS

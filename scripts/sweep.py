@@ -53,15 +53,21 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
+from fusiondp.launch import (
+    LAUNCHERS,
+    Outcome,
+    Progress,
+    Run,
+    SubmititTask,
+    sbatch_script,
+    submitit_folder,
+)
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # the train_*.py scripts live at the top level, not in the package
+__all__ = ["LAUNCHERS", "Outcome", "Progress", "Run", "SubmititTask"]  # the launchers' names, re-exported
 
 DATASETS = {
     "sepsis": "train_fusiondp_sepsis.py",
@@ -80,122 +86,6 @@ ALL_MODES = [
     "calibrated_fusion",
     "fusiondp",
 ]
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run of the sweep: the train script, its flags, its log and its thread count."""
-
-    name: str
-    script: str
-    flags: tuple[str, ...]
-    log: str
-    threads: int | None = None
-    cwd: str = str(REPO)
-
-    def command(self, python: str | None = None) -> list[str]:
-        return [python or sys.executable, self.script, *self.flags]
-
-
-@dataclass
-class Outcome:
-    """How a run ended: ``status`` is ``done``, ``skipped`` (a record was there already) or ``failed``."""
-
-    name: str
-    status: str
-    log: str
-    seconds: float = 0.0
-    error: str = ""
-
-
-# --------------------------------------------------------------------------- running one run
-# These functions run on the workers (submitit, Ray): standard library only, so that a worker needs
-# nothing of this repository but the train script itself.
-
-
-def _error_line(log: str) -> str:
-    """The most telling line of a failed run's log: the last one naming an error, else the last line."""
-    try:
-        lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
-    except OSError as err:
-        return f"(no log: {err})"
-    errors = [line for line in lines if "error" in line.lower() or "killed" in line.lower()]
-    return (errors or lines or ["(empty log)"])[-1]
-
-
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    """Linux: the run gets SIGKILL when the sweep dies, even by SIGKILL, so no orphan writes a record
-    after a restarted sweep has started the same setting again."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
-def start_run(run: Run, *, tie_to_parent: bool = False) -> subprocess.Popen:
-    """Start ``run`` with its output in its log (overwritten: a rerun's log is the rerun's)."""
-    Path(run.log).parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if run.threads:
-        env["OMP_NUM_THREADS"] = str(run.threads)
-    env.setdefault("PYTHONUNBUFFERED", "1")  # the log shows where a killed run was
-    command = run.command()
-    with open(run.log, "w") as log:
-        log.write(f"$ cd {shlex.quote(run.cwd)} && {shlex.join(command)}\n")
-        log.flush()
-        return subprocess.Popen(
-            command,
-            cwd=run.cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_set_parent_death_signal if tie_to_parent and sys.platform == "linux" else None,
-        )
-
-
-def outcome_of(run: Run, returncode: int, seconds: float) -> Outcome:
-    """Read a finished process's log: a record written, a record found (``skipped: ``) or a failure."""
-    if returncode != 0:
-        reason = f"exit status {returncode}" if returncode > 0 else f"killed by signal {-returncode}"
-        return Outcome(run.name, "failed", run.log, seconds, f"{reason}: {_error_line(run.log)}")
-    try:
-        skipped = any(line.startswith("skipped: ") for line in Path(run.log).read_text().splitlines())
-    except OSError:
-        skipped = False
-    return Outcome(run.name, "skipped" if skipped else "done", run.log, seconds)
-
-
-def run_one(run: Run) -> Outcome:
-    """Run ``run`` to its end (the task of the Ray and submitit launchers)."""
-    start = time.time()
-    proc = start_run(run)
-    try:
-        returncode = proc.wait()
-    except BaseException:  # interrupted (preemption, Ctrl-C): the run must not outlive its task
-        proc.kill()
-        proc.wait()
-        raise
-    return outcome_of(run, returncode, time.time() - start)
-
-
-class SubmititTask:
-    """The submitit task: :func:`run_one`, and a ``checkpoint`` so that submitit requeues the task
-    when SLURM preempts it or its time runs out (submitit calls ``checkpoint`` on the USR2 signal).
-
-    There is nothing to save: the run starts over on requeue, and a run that had finished has its
-    record and returns at once through ``--skip_existing``.
-    """
-
-    def __call__(self, run: Run) -> Outcome:
-        return run_one(run)
-
-    def checkpoint(self, run: Run):  # submitit.helpers.DelayedSubmission
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(SubmititTask(), run)
 
 
 # --------------------------------------------------------------------------- planning
@@ -272,9 +162,7 @@ def default_logs(results: str) -> Path:
 
 
 def _load_script(script: Path):
-    """The train script as a module (for its argument parser)."""
-    if script.parent == REPO:
-        return importlib.import_module(script.stem)
+    """The train script as a module, loaded from its file (for its argument parser)."""
     spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -309,7 +197,7 @@ def finished(runs: Sequence[Run], results: str) -> set[str]:
     for run in runs:
         try:
             with contextlib.redirect_stderr(io.StringIO()):
-                settings = run_settings(parser.parse_args(list(run.flags)))
+                settings = run_settings(vars(parser.parse_args(list(run.flags))))
         except SystemExit:  # a bad flag: the run itself fails and says why
             continue
         wanted = {k: v for k, v in settings.items() if k not in OUTPUT_ONLY_FLAGS}
@@ -318,262 +206,6 @@ def finished(runs: Sequence[Run], results: str) -> set[str]:
                 done.add(run.name)
                 break
     return done
-
-
-# --------------------------------------------------------------------------- progress
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-@dataclass
-class Progress:
-    """One line per sweep: done (skipped), running, failed, remaining, ETA; rewritten in place on a
-    terminal, printed again on each change otherwise (logs, CI)."""
-
-    total: int
-    slots: int
-    stream: io.TextIOBase = field(default_factory=lambda: sys.stderr)
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    running: int = 0
-    seconds: list[float] = field(default_factory=list)
-    _last: str = ""
-
-    def line(self) -> str:
-        remaining = self.total - self.done - self.skipped - self.failed - self.running
-        eta = "?"
-        if self.seconds:
-            mean = sum(self.seconds) / len(self.seconds)
-            eta = _duration(mean * (remaining + 0.5 * self.running) / max(self.slots, 1))
-        elif remaining + self.running == 0:
-            eta = "0s"
-        return (
-            f"progress: {self.done + self.skipped}/{self.total} done ({self.skipped} skipped), "
-            f"{self.running} running, {self.failed} failed, {remaining} remaining, ETA {eta}"
-        )
-
-    def _tty(self) -> bool:
-        return hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def event(self, message: str) -> None:
-        """A line of its own (a run finished, failed or was skipped), above the progress line."""
-        if self._tty() and self._last:
-            self.stream.write("\r\033[K")
-        self.stream.write(message + "\n")
-        if self._tty() and self._last:
-            self.stream.write(self._last)
-        self.stream.flush()
-
-    def finish(self, outcome: Outcome) -> None:
-        if outcome.status == "skipped":
-            self.skipped += 1
-            self.event(f"skipped (in the results already): {outcome.name}")
-        elif outcome.status == "done":
-            self.done += 1
-            self.seconds.append(outcome.seconds)
-            self.event(f"done: {outcome.name} ({_duration(outcome.seconds)})")
-        else:
-            self.failed += 1
-            self.seconds.append(outcome.seconds)
-            self.event(f"FAILED: {outcome.name} (log: {outcome.log})")
-
-    def show(self) -> None:
-        text = self.line()
-        if text == self._last:
-            return
-        self._last = text
-        self.stream.write(f"\r\033[K{text}" if self._tty() else text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._tty() and self._last:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-# --------------------------------------------------------------------------- launchers
-
-
-def launch_local(runs: Sequence[Run], args: argparse.Namespace, progress: Progress) -> list[Outcome]:
-    """``--jobs`` processes at a time on this machine; stopping the sweep stops its runs."""
-    pending = deque(runs)
-    running: dict[subprocess.Popen, tuple[Run, float]] = {}
-    outcomes = []
-    try:
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                run = pending.popleft()
-                running[start_run(run, tie_to_parent=True)] = (run, time.time())
-            for proc in [p for p in running if p.poll() is not None]:
-                run, start = running.pop(proc)
-                outcomes.append(outcome_of(run, proc.returncode, time.time() - start))
-                progress.finish(outcomes[-1])
-            progress.running = len(running)
-            progress.show()
-            time.sleep(args.poll)
-    finally:  # Ctrl-C or SIGTERM: no run may go on and write a record behind the sweep's back
-        for proc in running:
-            proc.terminate()
-        for proc in running:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    return outcomes
-
-
-def _pickle_this_module_by_value(cloudpickle) -> None:
-    """Ship this file's functions to the workers by value: scripts/ is not an importable package there
-    (run as ``python scripts/sweep.py`` it is ``__main__``, which cloudpickle sends by value anyway)."""
-    module = sys.modules[__name__]
-    if __name__ != "__main__" and hasattr(cloudpickle, "register_pickle_by_value"):
-        cloudpickle.register_pickle_by_value(module)
-
-
-def slurm_parameters(args: argparse.Namespace) -> dict:
-    """The sbatch parameters of the array, in submitit's SlurmExecutor names."""
-    params = {
-        "job_name": args.job_name or f"fusiondp-{args.dataset or 'sweep'}",
-        "time": args.time,
-        "cpus_per_task": args.cpus,
-        "signal_delay_s": args.signal_delay_s,
-        "array_parallelism": args.array_parallelism,
-        "stderr_to_stdout": True,
-    }
-    if args.partition:
-        params["partition"] = args.partition
-    if args.gpus:
-        params["gpus_per_node"] = args.gpus
-    if args.mem:
-        # sbatch wants whole units: 16 -> 16GB, 0.5 -> 512MB
-        params["mem"] = f"{int(args.mem)}GB" if float(args.mem).is_integer() else f"{int(args.mem * 1024)}MB"
-    if args.account:
-        params["account"] = args.account
-    if args.qos:
-        params["qos"] = args.qos
-    if args.constraint:
-        params["constraint"] = args.constraint
-    if args.slurm_setup:
-        params["setup"] = list(args.slurm_setup)
-    return params
-
-
-def sbatch_script(args: argparse.Namespace, num_runs: int, folder: Path) -> str:
-    """The sbatch script submitit writes for the array (what ``--dry_run`` prints)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, map_count=num_runs, **slurm_parameters(args))
-
-
-def submitit_folder(args: argparse.Namespace) -> Path:
-    base = Path(args.submitit_folder) if args.submitit_folder else Path(args.logs) / "submitit"
-    return base.resolve() / "%j"
-
-
-def launch_slurm(runs: Sequence[Run], args: argparse.Namespace, progress: Progress) -> list[Outcome] | None:
-    """One submitit job array; waits with progress unless ``--no_wait`` (then returns None)."""
-    try:
-        import cloudpickle
-        import submitit
-    except ImportError:
-        raise SystemExit(
-            "--launcher slurm needs submitit: pip install -e '.[slurm]' (or pip install submitit==1.5.4)"
-        ) from None
-    _pickle_this_module_by_value(cloudpickle)
-    folder = submitit_folder(args)
-    if args.submitit_cluster == "slurm":
-        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues)
-        executor.update_parameters(**slurm_parameters(args))
-    else:
-        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=args.max_requeues)
-        executor.update_parameters(timeout_min=args.time)
-    jobs = executor.map_array(SubmititTask(), list(runs))
-    print(
-        f"submitted {len(jobs)} task(s) ({args.submitit_cluster}): job {jobs[0].job_id.split('_')[0]}, "
-        f"submitit logs in {folder.parent}",
-        file=sys.stderr,
-    )
-    if args.no_wait:
-        print(
-            "not waiting (--no_wait): run the same command again after the array ended to see the "
-            "table and rerun what failed",
-            file=sys.stderr,
-        )
-        return None
-    waiting = dict(zip(jobs, runs, strict=True))
-    outcomes = []
-    while waiting:
-        for job in [j for j in waiting if j.done()]:
-            run = waiting.pop(job)
-            try:
-                outcomes.append(job.result())
-            except Exception as err:  # a task killed, out of requeues or never started
-                message = str(err).strip().splitlines()
-                outcomes.append(Outcome(run.name, "failed", run.log, 0.0, (message or ["?"])[-1]))
-            progress.finish(outcomes[-1])
-        progress.running = sum(1 for j in waiting if str(j.state).upper() == "RUNNING")
-        progress.show()
-        if waiting:
-            time.sleep(args.poll)
-    return outcomes
-
-
-def launch_ray(runs: Sequence[Run], args: argparse.Namespace, progress: Progress) -> list[Outcome]:
-    """One Ray task per run on ``--ray_address``, or on a local Ray of ``--jobs`` × ``--cpus_per_run`` CPUs."""
-    try:
-        import ray
-        import ray.cloudpickle
-    except ImportError:
-        raise SystemExit(
-            "--launcher ray needs Ray: pip install -e '.[ray]' (or pip install 'ray==2.60.0')"
-        ) from None
-    _pickle_this_module_by_value(ray.cloudpickle)
-    if args.ray_address:
-        ray.init(address=args.ray_address, log_to_driver=False)
-    else:
-        # A small object store: the tasks pass a few strings, and a big one would take memory from the runs.
-        ray.init(
-            num_cpus=args.jobs * args.cpus_per_run,
-            include_dashboard=False,
-            log_to_driver=False,
-            object_store_memory=128 * 1024**2,
-        )
-    try:
-        capacity = int(ray.cluster_resources().get("CPU", 1) // args.cpus_per_run) or 1
-        progress.slots = capacity
-        task = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run)(run_one)
-        refs = {task.remote(run): run for run in runs}
-        outcomes = []
-        while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1, timeout=args.poll)
-            for ref in ready:
-                run = refs.pop(ref)
-                try:
-                    outcomes.append(ray.get(ref))
-                except Exception as err:  # a worker lost, a node gone
-                    outcomes.append(
-                        Outcome(run.name, "failed", run.log, 0.0, str(err).strip().splitlines()[-1])
-                    )
-                progress.finish(outcomes[-1])
-            progress.running = min(len(refs), capacity)  # Ray does not say which queued task has started
-            progress.show()
-    finally:
-        ray.shutdown()
-    return outcomes
-
-
-LAUNCHERS: dict[str, Callable[..., list[Outcome] | None]] = {
-    "local": launch_local,
-    "slurm": launch_slurm,
-    "ray": launch_ray,
-}
 
 
 # --------------------------------------------------------------------------- command line

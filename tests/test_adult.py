@@ -3,9 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 
-import impute_adult
-import train_fusiondp_adult
+from fusiondp.datasets import adult
+
+impute_adult = load_script("impute_adult")
+train_fusiondp_adult = load_script("train_fusiondp_adult")
 
 
 def _write_adult(folder, n=400, seed=0):
@@ -69,7 +72,7 @@ def test_impute_then_train(tmp_path):
     assert result["deviation_from_paper"].startswith("hgb")
     # imputation quality is measured on the held-out rows (60 val, 60 test), never on the training rows
     metrics = pd.read_csv(tmp_path / "out" / "imputation_metrics.csv")
-    assert set(metrics["column"]) == set(impute_adult.SENSITIVE)
+    assert set(metrics["column"]) == set(adult.SENSITIVE)
     assert list(dict.fromkeys(metrics["rows"])) == ["val", "test"] and metrics["n"].max() <= 60
     assert result["imputation_quality"]["rows"] == ["val", "test"]
     record = train_fusiondp_adult.main(

@@ -5,13 +5,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 
-import impute_bank
-import train_fusiondp_bank
-from fusiondp.impute import split_indices
+from fusiondp.data import split_indices
+from fusiondp.datasets import bank
 from fusiondp.results import load_records
 
 SIZES = ["64", "300", "80", "80"]
+
+impute_bank = load_script("impute_bank")
+train_fusiondp_bank = load_script("train_fusiondp_bank")
 
 
 def _bank_table(n=600, seed=0):
@@ -64,10 +67,10 @@ def test_impute_then_train_hgb(tmp_path, separator):
     ):
         assert (out / name).is_file(), name
     train, hybrid = pd.read_csv(out / "bank_train.csv"), pd.read_csv(out / "bank_train_imputed.csv")
-    assert len(train) == 300 and (train[impute_bank.PUBLIC].equals(hybrid[impute_bank.PUBLIC]))
+    assert len(train) == 300 and (train[bank.PUBLIC].equals(hybrid[bank.PUBLIC]))
     assert json.loads((out / "imputation_info.json").read_text())["deviation_from_paper"].startswith("hgb")
     metrics = pd.read_csv(out / "imputation_metrics.csv")
-    assert set(metrics["column"]) == set(impute_bank.SENSITIVE) and set(metrics["rows"]) == {"val", "test"}
+    assert set(metrics["column"]) == set(bank.SENSITIVE) and set(metrics["rows"]) == {"val", "test"}
     assert metrics["accuracy"].dropna().between(0, 1).all()
     assert "unknown" not in set(train["job"].dropna()) and train["job"].isna().any()  # 'unknown' is missing
     assert not train["age"].equals(hybrid["age"])  # the hybrid really carries imputations
@@ -89,7 +92,7 @@ def test_impute_then_train_hgb(tmp_path, separator):
         )
     )
     assert record["imputer"] == "hgb" and record["deviation_from_paper"]
-    assert load_records(results)[0]["num_features"] > len(impute_bank.PUBLIC) + 5  # one-hot columns
+    assert load_records(results)[0]["num_features"] > len(bank.PUBLIC) + 5  # one-hot columns
     assert record["scaling"] == "support" and "bank_support.csv" in record["scaling_description"]
     assert not any("one-hot" in note for note in record["privacy_notes"])
     # feature-dp's N(0,1) null view in one-hot columns: no real data set, so only replace-one counts.
@@ -155,20 +158,18 @@ def test_scrambling_original_sensitive_values_changes_no_public_input(tmp_path):
     frames = load_imputed_splits(
         out,
         dataset="bank",
-        public=impute_bank.PUBLIC,
-        sensitive=impute_bank.SENSITIVE,
-        label=impute_bank.LABEL,
+        public=bank.PUBLIC,
+        sensitive=bank.SENSITIVE,
+        label=bank.LABEL,
     )
     scrambled = frames["train"].copy()
-    scrambled[impute_bank.SENSITIVE] = (
-        scrambled[impute_bank.SENSITIVE].sample(frac=1, random_state=1).to_numpy()
-    )
+    scrambled[bank.SENSITIVE] = scrambled[bank.SENSITIVE].sample(frac=1, random_state=1).to_numpy()
     scrambled.loc[:5, "job"] = "astronaut"  # a category nobody public has seen
     kw = {
-        "sensitive": impute_bank.SENSITIVE,
-        "public": impute_bank.PUBLIC,
-        "label": impute_bank.LABEL,
-        "categorical": impute_bank.CATEGORICAL,
+        "sensitive": bank.SENSITIVE,
+        "public": bank.PUBLIC,
+        "label": bank.LABEL,
+        "categorical": bank.CATEGORICAL,
         "one_hot": True,
         "original_stats": support_statistics(frames["support"], ["age"], where="bank_support.csv"),
         "shared_fit": pd.concat([frames["train_imputed"], frames["support"]]),

@@ -6,10 +6,13 @@ import argparse
 
 import pytest
 import torch
+from conftest import load_script
 
 from fusiondp.models import CAML, multilabel_bce
 from fusiondp.step import StepConfig, per_example_gradients, private_gradient, trainable_params
-from scripts.bench_caml_step import loop_private_sum, make_problem
+
+bench_caml_step = load_script("scripts.bench_caml_step")
+loop_private_sum, make_problem = bench_caml_step.loop_private_sum, bench_caml_step.make_problem
 
 
 def _model(dropout: float = 0.0, labels: int = 4, vocab: int = 30, dim: int = 6) -> CAML:

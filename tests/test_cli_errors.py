@@ -1,5 +1,6 @@
 """Bad input ends in one clear line and a non-zero exit, never a traceback (real command lines)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -55,3 +56,56 @@ def test_a_sweep_whose_every_run_fails_ends_with_a_summary(tmp_path, sepsis_dir)
     assert "--epochs must be > 0, got -1.0" in done.stderr
     assert f"logs of every run: {tmp_path / 'out.logs'}" in done.stderr
     assert len(list((tmp_path / "out.logs").glob("*.log"))) == 2
+
+
+def test_a_default_naming_no_flag_is_an_error():
+    import argparse
+
+    from fusiondp.cli import add_training_args
+
+    with pytest.raises(ValueError, match="max_grad_nrom"):
+        add_training_args(argparse.ArgumentParser(), max_grad_nrom=1.8)
+    parser = add_training_args(argparse.ArgumentParser(), max_grad_norm=1.8)
+    assert parser.parse_args([]).max_grad_norm == 1.8
+
+
+def test_the_run_config_keeps_the_settings_of_the_command_line():
+    import argparse
+
+    from fusiondp.cli import add_training_args
+    from fusiondp.config import RunConfig
+    from fusiondp.results import run_settings
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data_dir", default=None)
+    add_training_args(parser, beta=0.5)
+    args = parser.parse_args(["--mode", "naive_fusion", "--epsilon", "4"])
+    config = RunConfig.from_args(args)
+    # mix_weight unset: left out, so old records and sweeps match exactly as before the flag existed
+    assert config.settings() == {k: v for k, v in vars(args).items() if k != "mix_weight"}
+    assert list(config.settings()) == [k for k in vars(args) if k != "mix_weight"]
+    assert config.settings() == run_settings(vars(args))
+    assert config.extra("data_dir") is None and config.replace(seed=3).settings()["seed"] == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 3
+
+
+def test_beta_is_the_mixing_weight_only_without_mix_weight():
+    from fusiondp.config import RunConfig
+    from fusiondp.modes import get_mode
+    from fusiondp.train import step_config_for
+
+    naive = get_mode("naive_fusion")
+    reference = RunConfig(mode="naive_fusion", beta=0.25)
+    assert reference.beta_meaning == "mixing weight" and reference.mixing_weight == 0.25
+    cfg = step_config_for(reference, naive, privacy=None, c_h=None)
+    assert (cfg.w_pub, cfg.w_priv, cfg.reg_weight) == (0.75, 0.25, 0.0)
+    own = RunConfig(mode="naive_fusion", beta=0.25, mix_weight=0.6)
+    assert own.beta_meaning.startswith("unused") and own.settings()["mix_weight"] == 0.6
+    assert step_config_for(own, naive, privacy=None, c_h=None).w_priv == 0.6
+    assert RunConfig(mode="fusiondp").beta_meaning == "regularizer weight"
+    with pytest.raises(ValueError, match=r"got 1\.5"):
+        RunConfig(mode="naive_fusion", mix_weight=1.5).validate()
+    RunConfig(mode="naive_fusion", beta=3.0, mix_weight=0.5).validate()  # beta unused: any weight
+    with pytest.raises(ValueError, match=r"got 3\.0"):
+        RunConfig(mode="naive_fusion", beta=3.0).validate()

@@ -6,15 +6,16 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, sepsis_args, write_sepsis_dir
+from conftest import REPO, load_script, sepsis_args, write_sepsis_dir
 
-import train_fusiondp_sepsis as sepsis
 from fusiondp.data import TabularPreprocessor
 from fusiondp.modes import get_mode
 
+sepsis_script = load_script("train_fusiondp_sepsis")
+
 
 def _run(folder, *extra):
-    return sepsis.main(sepsis_args(folder, *extra))
+    return sepsis_script.main(sepsis_args(folder, *extra))
 
 
 def test_missing_file(tmp_path):

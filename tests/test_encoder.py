@@ -11,11 +11,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_text_data import make_note_frames, write_notes_dir
 from torch import nn
 
-import train_fusiondp_mimic as mimic
 from fusiondp import step
+from fusiondp.datasets import mimic as mimic_facts
 from fusiondp.encoder import (
     CACHE_FOLDER,
     EmbeddingCache,
@@ -34,6 +35,8 @@ LABELS_CSV = "condition_label,condition_name\n1,a\n2,b\n3,c\n4,d\n5,e\n"
 
 
 pytestmark = pytest.mark.usefixtures("calibrate_once")  # σ calibrated once per setting (conftest)
+
+mimic_script = load_script("train_fusiondp_mimic")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def notes_dir(tmp_path_factory):
 
 def _args(data_dir, encoder, *extra: str):
     encoder_flags = [] if encoder is None else ["--encoder", str(encoder)]
-    return mimic.get_args_parser().parse_args(
+    return mimic_script.get_args_parser().parse_args(
         [
             "--dataset",
             "medical_abstracts",
@@ -94,14 +97,14 @@ def _args(data_dir, encoder, *extra: str):
 
 def _run(data_dir, encoder, mode, *extra):
     labels = ["--labels_file", str(data_dir / "labels.csv")] if mode == "dpsgd" else []
-    return mimic.main(_args(data_dir, encoder, "--mode", mode, *labels, *extra))
+    return mimic_script.main(_args(data_dir, encoder, "--mode", mode, *labels, *extra))
 
 
 def _metrics(record):
     return [record[k] for k in record if k.startswith(("val_", "test_"))]
 
 
-@pytest.mark.parametrize("mode", mimic.TEXT_MODES)
+@pytest.mark.parametrize("mode", mimic_facts.TEXT_MODES)
 def test_every_text_mode_runs_with_the_encoder(notes_dir, tiny_encoder, tmp_path, mode):
     results = tmp_path / "r.jsonl"
     record = _run(notes_dir, tiny_encoder, mode, "--results_json", str(results))
@@ -125,7 +128,7 @@ def test_default_encoder_is_the_minilm_wheel_offline(tmp_path, monkeypatch):
     """No --encoder: all-MiniLM-L6-v2 from the wheel, 384-d; sgd_hybrid embeds no original note."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = _write(tmp_path / "d", make_note_frames(n_train=12, n_eval=4))
-    record = mimic.main(_args(folder, None, "--mode", "sgd_hybrid", "--epochs", "0.4"))
+    record = mimic_script.main(_args(folder, None, "--mode", "sgd_hybrid", "--epochs", "0.4"))
     assert record["text"]["encoder"].startswith("all-MiniLM-L6-v2") and record["text"]["dim"] == 384
     (cache,) = (folder / CACHE_FOLDER).iterdir()
     assert sorted(p.name for p in cache.iterdir()) == ["eval.pt", "hybrid.pt"]
@@ -183,15 +186,15 @@ def test_scrambled_original_notes_leave_the_public_path_bit_for_bit(
     scrambled = _scrambled(tmp_path)
     for extra in (["--mode", "sgd_hybrid"], ["--mode", "fusiondp", "--alpha", "0"]):
         public_inputs.clear()
-        a = mimic.main(_args(notes_dir, tiny_encoder, *extra))
+        a = mimic_script.main(_args(notes_dir, tiny_encoder, *extra))
         inputs_a = list(public_inputs)
         public_inputs.clear()
-        b = mimic.main(_args(scrambled, tiny_encoder, *extra))
+        b = mimic_script.main(_args(scrambled, tiny_encoder, *extra))
         assert len(inputs_a) == len(public_inputs) == a["steps"]
         assert all(torch.equal(x, y) for x, y in zip(inputs_a, public_inputs, strict=True))
         assert _metrics(a) == _metrics(b) and a["c_h"] == b["c_h"]
-    dp_a = mimic.main(_args(notes_dir, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
-    dp_b = mimic.main(_args(scrambled, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    dp_a = mimic_script.main(_args(notes_dir, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    dp_b = mimic_script.main(_args(scrambled, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
     assert dp_a["test_micro_auc"] != dp_b["test_micro_auc"]
 
 
@@ -210,15 +213,15 @@ def test_a_public_term_never_reads_the_original_embedding_cache(tiny_encoder, tm
     This fails if any public computation reads the original view's embeddings."""
     folder = _write(tmp_path / "d", make_note_frames())
     spec = resolve_encoder(str(tiny_encoder), max_tokens=32)
-    clean = mimic.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "0"))
+    clean = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "0"))
     clean_inputs = list(public_inputs)
-    clean_dp = mimic.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    clean_dp = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
     _poison_original_cache(folder, spec)
     public_inputs.clear()
-    poisoned = mimic.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "0"))
+    poisoned = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "0"))
     assert all(torch.equal(x, y) for x, y in zip(clean_inputs, public_inputs, strict=True))
     assert _metrics(clean) == _metrics(poisoned) and clean["c_h"] == poisoned["c_h"]
-    poisoned_dp = mimic.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    poisoned_dp = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
     assert _metrics(clean_dp) != _metrics(poisoned_dp)
 
 
@@ -365,7 +368,7 @@ def test_bookkeeping_clipping_matches_the_vmap_reference_for_the_head(private_lo
             ref,
             y,
             cfg=replace(cfg, per_example=method),
-            loss_fn=mimic.multilabel_bce,
+            loss_fn=mimic_script.multilabel_bce,
             generator=torch.Generator().manual_seed(5),
         )
         for method in ("vmap", "bookkeeping")

@@ -4,15 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fusiondp.data import check_disjoint, split_indices
 from fusiondp.impute import (
     BinBlendRegressor,
+    ImputeConfig,
     SensitiveImputer,
     apply_cap,
     cap_categories,
-    check_disjoint,
     heldout_quality,
     imputation_quality,
-    split_indices,
+    impute_splits,
     tabpfn_weights_problem,
 )
 
@@ -182,11 +183,9 @@ def test_heldout_quality_scores_val_and_test_rows_only():
 
 
 def test_quality_cli_says_training_rows_are_a_private_evaluation(tmp_path, capsys):
-    import sys
-    from pathlib import Path
+    from conftest import load_script
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import imputation_quality as cli
+    cli = load_script("scripts.imputation_quality")
 
     assert "never to be published" in cli.get_args_parser().format_help()
     true = _table(40, seed=1)
@@ -204,3 +203,16 @@ def test_quality_cli_says_training_rows_are_a_private_evaluation(tmp_path, capsy
     )
     table = cli.main(args)
     assert "job" in table and "PRIVATE evaluation" in capsys.readouterr().err
+
+
+def test_impute_splits_leaves_the_callers_tables_as_given(tmp_path):
+    df = _table(200)
+    df.loc[:, "job"] = [f"job{i % 14}" for i in range(len(df))]  # more classes than the cap keeps
+    frames = {"support": df[:60], "train": df[60:140], "val": df[140:170], "test": df[170:]}
+    frames = {name: frame.reset_index(drop=True) for name, frame in frames.items()}
+    before = {name: frame.copy() for name, frame in frames.items()}
+    config = ImputeConfig(imputer="hgb", seed=0, out_dir=tmp_path, progress=False)
+    impute_splits(frames, config, dataset="t", info={}, **KW)
+    assert sorted(frames) == sorted(before)
+    for name, frame in frames.items():
+        pd.testing.assert_frame_equal(frame, before[name])

@@ -6,9 +6,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import load_script
 from test_infill import assert_no_original, tiny_llama_dir
 
-import impute_mimic
+from fusiondp.datasets.mimic import load_caml
 from fusiondp.spans import detect_spans
 
 ABSTRACTS = [
@@ -17,6 +18,8 @@ ABSTRACTS = [
     "Renal function in {age} patients with stable angina was unchanged after treatment.",
     "Caucasian subjects (age {age}) were followed until June 1991 and their blood tested.",
 ]
+
+impute_mimic = load_script("impute_mimic")
 
 
 # ABSTRACTS with every sensitive span's value changed (same type, other value); public text unchanged
@@ -187,7 +190,7 @@ def test_mimic_caml_files_end_to_end(tmp_path):
 
 def test_caml_codes_stay_text(tmp_path):
     path = caml(tmp_path, "dev_50.csv", [(1, "note one", "038.9"), (2, "note two", "401.9")])
-    assert list(impute_mimic.load_caml(path, split="dev")["LABELS"]) == ["038.9", "401.9"]
+    assert list(load_caml(path, split="dev")["LABELS"]) == ["038.9", "401.9"]
 
 
 @pytest.mark.parametrize(
@@ -208,7 +211,7 @@ def test_caml_codes_stay_text(tmp_path):
 def test_caml_loader_rejects_bad_input_naming_file_column_and_row(tmp_path, columns, rows, message):
     path = caml(tmp_path, "train_50.csv", rows, columns)
     with pytest.raises(ValueError, match=message) as err:
-        impute_mimic.load_caml(path, split="train")
+        load_caml(path, split="train")
     assert str(path) in str(err.value)
 
 
@@ -216,8 +219,8 @@ def test_empty_file_and_missing_arguments_are_clear_errors(tmp_path):
     empty = tmp_path / "train_50.csv"
     empty.write_text("")
     with pytest.raises(ValueError, match="cannot be read as CSV"):
-        impute_mimic.load_caml(empty, split="train")
+        load_caml(empty, split="train")
     with pytest.raises(ValueError, match="needs --dev_csv, --test_csv"):
         run("--dataset", "mimic", "--train_csv", str(empty), "--lm", "none", "--out_dir", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="MIMIC dev file not found"):
-        impute_mimic.load_caml(tmp_path / "nope.csv", split="dev")
+        load_caml(tmp_path / "nope.csv", split="dev")

@@ -5,17 +5,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_sepsis_frames, sepsis_args, write_sepsis_dir
+from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
 
-import impute_sepsis
-import train_fusiondp_sepsis as sepsis
-from fusiondp.impute import split_indices
+from fusiondp.data import split_indices
+from fusiondp.datasets import sepsis
 
 # PhysioNet 2019's header: 34 vitals/labs (4 of them not in the release), 6 demographics, the label.
 PSV_COLUMNS = ("HR|O2Sat|Temp|SBP|MAP|DBP|Resp|EtCO2|BaseExcess|HCO3|FiO2|pH|PaCO2|SaO2|AST|BUN|Alkalinephos|"
                "Calcium|Chloride|Creatinine|Bilirubin_direct|Glucose|Lactate|Magnesium|Phosphate|Potassium|"
                "Bilirubin_total|TroponinI|Hct|Hgb|PTT|WBC|Fibrinogen|Platelets|Age|Gender|Unit1|Unit2|"
                "HospAdmTime|ICULOS|SepsisLabel").split("|")  # fmt: skip
+
+impute_sepsis = load_script("impute_sepsis")
+sepsis_script = load_script("train_fusiondp_sepsis")
 
 
 def _patient(rng, hours: int, onset: int | None) -> pd.DataFrame:
@@ -91,7 +93,7 @@ def test_raw_psv_files_to_splits_and_training(tmp_path):
         "test",
     ]
     # The written folder is what train_fusiondp_sepsis.py reads.
-    record = sepsis.main(sepsis_args(out, "--mode", "fusiondp", "--epsilon", "2"))
+    record = sepsis_script.main(sepsis_args(out, "--mode", "fusiondp", "--epsilon", "2"))
     assert np.isfinite(record["test_aupr"])
     # The record names the imputer that made this folder's hybrid, not the authors' release.
     assert record["imputer"] == "hgb" and "NOT TabPFN" in record["deviation_from_paper"]
@@ -167,7 +169,7 @@ def test_released_rows_support_held_out_and_reference_on_the_same_rows(tmp_path)
     assert ours.loc[("val", "Gender"), "n"] == 60 and ours.loc[("test", "Gender"), "n"] == 60  # held out
     assert ours.loc[("test", "Age"), "r2"] > 0.3  # HR carries Age here
     # The reference folder has no support.csv: the script splits its own off train_ori.csv.
-    reference = sepsis.main(
+    reference = sepsis_script.main(
         sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid", "--support_rows", "30")
     )
     assert np.isfinite(reference["test_aupr"])

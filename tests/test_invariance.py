@@ -4,15 +4,17 @@ supposed to be public, bit for bit."""
 import numpy as np
 import pytest
 import torch
-from conftest import sepsis_args, write_sepsis_dir
+from conftest import load_script, sepsis_args, write_sepsis_dir
 
-import train_fusiondp_sepsis as sepsis
 from fusiondp.data import prepare_tabular, zero_out_values
-from fusiondp.models import binary_bce, sepsis_mlp
+from fusiondp.datasets import sepsis
+from fusiondp.models import binary_bce
 from fusiondp.modes import get_mode
 from fusiondp.scaling import column_statistics
 from fusiondp.step import StepConfig
 from fusiondp.train import train
+
+sepsis_script = load_script("train_fusiondp_sepsis")
 
 
 def _scrambled(frames, seed=123):
@@ -57,8 +59,8 @@ def _train_state(frames, mode_name, *, alpha, beta=0.5):
     data = _prepare(frames)
     mode = get_mode(mode_name)
     torch.manual_seed(0)
-    model = sepsis_mlp(data.original.shape[1])
-    w_pub, w_priv = mode.weights(alpha=alpha, beta=beta)
+    model = sepsis.build_model(data.original.shape[1])
+    w_pub, w_priv = mode.weights(alpha=alpha, mix_weight=beta)
     cfg = StepConfig(
         lr=0.05,
         w_pub=w_pub,
@@ -117,7 +119,7 @@ def test_script_records_are_invariant_for_fusiondp_alpha_zero(tmp_path, sepsis_f
     records = []
     for i, frames in enumerate([sepsis_frames, _scrambled(sepsis_frames)]):
         folder = write_sepsis_dir(tmp_path / f"d{i}", frames)
-        records.append(sepsis.main(sepsis_args(folder, "--mode", "fusiondp", "--alpha", "0")))
+        records.append(sepsis_script.main(sepsis_args(folder, "--mode", "fusiondp", "--alpha", "0")))
     a, b = records
     assert a["c_h"] == b["c_h"] and "public" in a["c_h_source"]
     assert a["epochs_log"] == b["epochs_log"]
@@ -127,7 +129,7 @@ def test_c_h_from_private_is_flagged_and_does_depend_on_originals(tmp_path, seps
     records = []
     for i, frames in enumerate([sepsis_frames, _scrambled(sepsis_frames)]):
         folder = write_sepsis_dir(tmp_path / f"d{i}", frames)
-        records.append(sepsis.main(sepsis_args(folder, "--mode", "fusiondp", "--c_h_from_private")))
+        records.append(sepsis_script.main(sepsis_args(folder, "--mode", "fusiondp", "--c_h_from_private")))
     a, b = records
     assert a["c_h"] != b["c_h"]
     assert a["privacy_guarantee_holds"] is False
@@ -166,7 +168,7 @@ def test_zero_out_neighbour_contributes_exactly_zero_through_the_pipeline(sepsis
     )
     assert torch.allclose(data.original, data.hybrid, atol=1e-5)
     torch.manual_seed(0)
-    model = sepsis_mlp(data.original.shape[1])  # dropout on: the views share masks
+    model = sepsis.build_model(data.original.shape[1])  # dropout on: the views share masks
     grads = per_example_gradients(
         model, data.original[:64], data.hybrid[:64], data.y[:64], loss_fn=binary_bce, reg_weight=0.5, c_h=1.0
     )

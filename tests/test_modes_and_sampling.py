@@ -1,4 +1,4 @@
-"""Modes match DESIGN.md §4; the sampler draws what the accountant assumes."""
+"""Modes match docs/design.md §3; the sampler draws what the accountant assumes."""
 
 import pytest
 import torch
@@ -28,7 +28,7 @@ def test_mode_table_matches_the_design():
             m.public_view,
             m.private_loss,
             m.uses_regularizer,
-            m.weights(alpha=3.0, beta=0.25),
+            m.weights(alpha=3.0, mix_weight=0.25),
             m.relation,
         )
         assert got == (sgd_view, public_view, private_loss, reg, weights, relation), name

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import load_script
 from test_text_data import make_note_frames, write_notes_dir
 
-import train_fusiondp_mimic as mimic
+from fusiondp.datasets import mimic as mimic_facts
 from fusiondp.text_data import minilm_folder, prepare_text, read_label_list
 
 STAND_IN_LABELS = (
@@ -23,10 +24,12 @@ STAND_IN_LABELS = (
     "3,nervous system diseases\n4,cardiovascular diseases\n5,general pathological conditions\n"
 )
 
+mimic_script = load_script("train_fusiondp_mimic")
+
 
 def _args(data_dir, *extra: str, dataset: str = "medical_abstracts"):
     fixed = ["--dataset", dataset, "--data_dir", str(data_dir), "--epochs", "0.2", "--batch_size", "4"]
-    return mimic.get_args_parser().parse_args([*fixed, "--max_len", "20", "--no_progress", *extra])
+    return mimic_script.get_args_parser().parse_args([*fixed, "--max_len", "20", "--no_progress", *extra])
 
 
 @pytest.fixture
@@ -35,10 +38,10 @@ def captured(monkeypatch):
     calls: list[dict] = []
 
     def fake_run(args, *, data, extra_record=None, **_):
-        calls.append({"args": dict(vars(args)), "data": data, "extra": extra_record or {}})
+        calls.append({"args": args.settings(), "data": data, "extra": extra_record or {}})
         return {"mode": args.mode, "delta": args.delta, **(extra_record or {})}
 
-    monkeypatch.setattr(mimic, "run_experiment", fake_run)
+    monkeypatch.setattr(mimic_script, "run_experiment", fake_run)
     return calls
 
 
@@ -67,8 +70,8 @@ def test_dpsgd_fits_nothing_on_the_training_notes(tmp_path, captured, public_dat
     plus = _with_one_more_note(frames, text="patient zqxjvorb fever quokkaemia class4", label="4")
     a_dir = write_notes_dir(tmp_path / "a", frames)
     b_dir = write_notes_dir(tmp_path / "b", plus)
-    mimic.main(_args(a_dir, "--mode", "dpsgd"))
-    mimic.main(_args(b_dir, "--mode", "dpsgd"))
+    mimic_script.main(_args(a_dir, "--mode", "dpsgd"))
+    mimic_script.main(_args(b_dir, "--mode", "dpsgd"))
     a, b = captured
     assert a["data"].num_rows + 1 == b["data"].num_rows
     assert a["data"].vocab == b["data"].vocab
@@ -86,13 +89,15 @@ def test_feature_level_modes_keep_the_hybrid_vocabulary(tmp_path, captured, publ
     """naive_fusion and the split modes protect only sensitive spans: the hybrid notes stay public."""
     folder = write_notes_dir(tmp_path / "d", make_note_frames())
     for mode in ("naive_fusion", "fusiondp"):
-        mimic.main(_args(folder, "--mode", mode, "--embedding_dim", "8"))
+        mimic_script.main(_args(folder, "--mode", mode, "--embedding_dim", "8"))
     for call in captured:
         assert call["args"]["embeddings"] == "word2vec"
         assert call["extra"]["vocabulary_source"] == "hybrid training notes only"
         assert call["data"].classes == ["1", "2", "3"]  # from the hybrid notes' labels (public here)
     labels = public_data_root / "medical_abstracts" / "medical_tc_labels.csv"
-    mimic.main(_args(folder, "--mode", "fusiondp", "--embedding_dim", "8", "--labels_file", str(labels)))
+    mimic_script.main(
+        _args(folder, "--mode", "fusiondp", "--embedding_dim", "8", "--labels_file", str(labels))
+    )
     assert captured[-1]["data"].classes == ["1", "2", "3", "4", "5"]  # a fixed list serves any mode
     assert captured[-1]["extra"]["label_source"] == f"public list {labels}"
 
@@ -100,18 +105,18 @@ def test_feature_level_modes_keep_the_hybrid_vocabulary(tmp_path, captured, publ
 def test_sample_level_refuses_what_it_cannot_make_public(tmp_path, captured, public_data_root):
     folder = write_notes_dir(tmp_path / "d", make_note_frames())
     with pytest.raises(ValueError, match=r"--embeddings word2vec.*dpsgd"):
-        mimic.main(_args(folder, "--mode", "dpsgd", "--embeddings", "word2vec"))
+        mimic_script.main(_args(folder, "--mode", "dpsgd", "--embeddings", "word2vec"))
     with pytest.raises(ValueError, match=r"--min_count 2.*dpsgd"):
-        mimic.main(_args(folder, "--mode", "dpsgd", "--min_count", "2"))
+        mimic_script.main(_args(folder, "--mode", "dpsgd", "--min_count", "2"))
     mimic_dir = write_notes_dir(tmp_path / "m", make_note_frames(), dataset="mimic")
     with pytest.raises(ValueError, match=r"--labels_file.*TOP_50_CODES"):
-        mimic.main(_args(mimic_dir, "--mode", "dpsgd", dataset="mimic"))
+        mimic_script.main(_args(mimic_dir, "--mode", "dpsgd", dataset="mimic"))
     missing = public_data_root / "medical_abstracts" / "medical_tc_labels.csv"
     missing.unlink()
     with pytest.raises(
         FileNotFoundError, match=r"medical_tc_labels\.csv does not exist\. Pass --labels_file"
     ):
-        mimic.main(_args(folder, "--mode", "dpsgd"))
+        mimic_script.main(_args(folder, "--mode", "dpsgd"))
     assert not captured
 
 
@@ -123,7 +128,7 @@ def test_mimic_dpsgd_takes_a_public_code_list(tmp_path, captured):
     folder = write_notes_dir(tmp_path / "m", frames, dataset="mimic")
     codes = tmp_path / "TOP_50_CODES.csv"
     codes.write_text("401.9\n038.9\n1\n2\n3\n")
-    mimic.main(_args(folder, "--mode", "dpsgd", "--labels_file", str(codes), dataset="mimic"))
+    mimic_script.main(_args(folder, "--mode", "dpsgd", "--labels_file", str(codes), dataset="mimic"))
     (call,) = captured
     assert call["data"].classes == ["401.9", "038.9", "1", "2", "3"]
     assert call["data"].y[0].tolist() == [0, 1, 0, 0, 0]  # V58.61 is not in the list
@@ -179,23 +184,23 @@ def test_public_vocabulary_from_a_vectors_file_ignores_the_notes(tmp_path):
 def test_default_delta_is_well_below_one_over_n(tmp_path, captured, public_data_root):
     """Default δ = min(1e-5, 1/(10 N)): δ·N ≤ 0.1, a tenth of the reference's 1 (N = 40 here)."""
     folder = write_notes_dir(tmp_path / "d", make_note_frames())
-    record = mimic.main(_args(folder, "--mode", "fusiondp", "--embedding_dim", "8"))
+    record = mimic_script.main(_args(folder, "--mode", "fusiondp", "--embedding_dim", "8"))
     assert record["delta"] == 1e-5 and record["delta_times_n"] == pytest.approx(40e-5)
     assert record["delta_times_n"] <= 0.1
     assert "min(1e-5, 1/(10 N))" in record["delta_rule"]
     for n in (40, 2024, 8066, 10**5, 10**7):
-        delta, _ = mimic.resolve_delta(delta=None, one_over_n=False, num_rows=n)
+        delta, _ = mimic_facts.resolve_delta(delta=None, one_over_n=False, num_rows=n)
         assert delta * n <= 0.1 + 1e-12
 
 
 def test_reference_delta_is_exactly_one_over_n(tmp_path, captured, public_data_root):
     folder = write_notes_dir(tmp_path / "d", make_note_frames())
-    record = mimic.main(_args(folder, "--mode", "dpsgd", "--delta_one_over_n"))
+    record = mimic_script.main(_args(folder, "--mode", "dpsgd", "--delta_one_over_n"))
     assert record["delta"] == 1 / 40 and record["delta_times_n"] == 1.0
     assert "reference" in record["delta_rule"]
-    given = mimic.main(_args(folder, "--mode", "dpsgd", "--delta", "1e-3"))
+    given = mimic_script.main(_args(folder, "--mode", "dpsgd", "--delta", "1e-3"))
     assert given["delta"] == 1e-3 and given["delta_times_n"] == pytest.approx(0.04)
     with pytest.raises(ValueError, match=r"--delta 0.001.*--delta_one_over_n"):
-        mimic.main(_args(folder, "--mode", "dpsgd", "--delta", "1e-3", "--delta_one_over_n"))
+        mimic_script.main(_args(folder, "--mode", "dpsgd", "--delta", "1e-3", "--delta_one_over_n"))
     with pytest.raises(ValueError, match=r"--delta must be in \(0, 1\), got 1.5"):
-        mimic.main(_args(folder, "--mode", "dpsgd", "--delta", "1.5"))
+        mimic_script.main(_args(folder, "--mode", "dpsgd", "--delta", "1.5"))

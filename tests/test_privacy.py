@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import sepsis, sepsis_args
+from conftest import load_script, sepsis_args
 from dp_accounting import dp_event, pld
 from dp_accounting.privacy_accountant import NeighboringRelation
 from opacus.accountants.utils import get_noise_multiplier
@@ -22,6 +22,8 @@ from fusiondp.privacy import (
     make_privacy_spec,
     num_steps,
 )
+
+sepsis_script = load_script("train_fusiondp_sepsis")
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
@@ -257,7 +259,7 @@ def test_calibration_plan_per_mode():
 def test_records_state_both_relations(sepsis_dir, tmp_path, mode, flags, relation, zero_out_is_replace):
     out = tmp_path / "r.jsonl"
     args = sepsis_args(sepsis_dir, "--mode", mode, "--results_json", str(out), *flags)
-    sepsis.main(args)
+    sepsis_script.main(args)
     rec = json.loads(out.read_text())
     assert rec["neighbouring_relation"] == relation
     assert rec["epsilon_spent"] <= rec["epsilon"]
@@ -287,7 +289,7 @@ def test_cli_refuses_replace_one_with_rdp(sepsis_dir, capsys, monkeypatch):
     from fusiondp.cli import run_main
 
     with pytest.raises(SystemExit) as stop:
-        run_main(sepsis.main, sepsis.get_args_parser())
+        run_main(sepsis_script.main, sepsis_script.get_args_parser())
     assert stop.value.code == 2
     assert "--neighbouring replace_one with --accountant rdp" in capsys.readouterr().err
 

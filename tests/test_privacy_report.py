@@ -1,15 +1,14 @@
 """scripts/privacy_report.py on records of tiny real runs."""
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import sepsis, sepsis_args
+from conftest import load_script, sepsis_args
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import privacy_report
+privacy_report = load_script("scripts.privacy_report")
+sepsis_script = load_script("train_fusiondp_sepsis")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def records(tmp_path_factory):
         ["--mode", "calibrated_fusion", "--neighbouring", "replace_one", "--accountant", "pld"],
         ["--mode", "sgd_hybrid"],
     ):
-        sepsis.main(sepsis_args(data_dir, "--results_json", str(out), *extra))
+        sepsis_script.main(sepsis_args(data_dir, "--results_json", str(out), *extra))
     return out
 
 

@@ -47,14 +47,15 @@ def test_find_run_compares_every_setting_but_output_flags(tmp_path):
         no_progress=True,
         skip_existing=True,
     )
-    append_record(path, {"mode": "fusiondp", "args": run_settings(args)})
-    assert find_run(path, run_settings(args)) is not None
+    append_record(path, {"mode": "fusiondp", "args": run_settings(vars(args))})
+    assert find_run(path, run_settings(vars(args))) is not None
     assert (
-        find_run(path, {**run_settings(args), "no_progress": False, "results_json": "elsewhere"}) is not None
+        find_run(path, {**run_settings(vars(args)), "no_progress": False, "results_json": "elsewhere"})
+        is not None
     )
-    assert find_run(path, {**run_settings(args), "epochs": 1.0}) is None
-    assert find_run(path, {**run_settings(args), "c_h_from_private": True}) is None
-    assert find_run(tmp_path / "missing.jsonl", run_settings(args)) is None
+    assert find_run(path, {**run_settings(vars(args)), "epochs": 1.0}) is None
+    assert find_run(path, {**run_settings(vars(args)), "c_h_from_private": True}) is None
+    assert find_run(tmp_path / "missing.jsonl", run_settings(vars(args))) is None
 
 
 def test_flags_to_conditions():
@@ -99,14 +100,14 @@ def test_find_run_in_a_results_folder(tmp_path):
 
     folder = tmp_path / "results"
     args = argparse.Namespace(mode="dpsgd", epsilon=2.0, seed=1, epochs=13.0, results_json=str(folder))
-    append_record(folder, {"mode": "dpsgd", "epsilon": 2.0, "seed": 1, "args": run_settings(args)})
+    append_record(folder, {"mode": "dpsgd", "epsilon": 2.0, "seed": 1, "args": run_settings(vars(args))})
     [path] = record_files(folder)
-    assert path.name.startswith(f"dpsgd_eps2.0_seed1-{settings_digest(run_settings(args))}-")
-    assert find_run(folder, {**run_settings(args), "results_json": "elsewhere/"}) is not None
-    assert find_run(folder, {**run_settings(args), "epochs": 1.0}) is None
+    assert path.name.startswith(f"dpsgd_eps2.0_seed1-{settings_digest(run_settings(vars(args)))}-")
+    assert find_run(folder, {**run_settings(vars(args)), "results_json": "elsewhere/"}) is not None
+    assert find_run(folder, {**run_settings(vars(args)), "epochs": 1.0}) is None
     # Settings in the name are a shortcut, not the test: a renamed file with other settings is no match.
-    path.rename(folder / f"dpsgd-{settings_digest({**run_settings(args), 'seed': 2})}-x.json")
-    assert find_run(folder, {**run_settings(args), "seed": 2}) is None
+    path.rename(folder / f"dpsgd-{settings_digest({**run_settings(vars(args)), 'seed': 2})}-x.json")
+    assert find_run(folder, {**run_settings(vars(args)), "seed": 2}) is None
 
 
 def test_malformed_record_file_is_named(tmp_path):

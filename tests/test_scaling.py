@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import sepsis_args, write_sepsis_dir
+from conftest import load_script, sepsis_args, write_sepsis_dir
 
-import train_fusiondp_sepsis as sepsis
 from fusiondp import privacy
+from fusiondp.config import RunConfig
 from fusiondp.data import prepare_tabular
+from fusiondp.datasets import sepsis
 from fusiondp.results import EXPERIMENT_MODE
 from fusiondp.scaling import (
     check_bounds_cover_public,
@@ -19,7 +20,10 @@ from fusiondp.scaling import (
     dp_statistics_sensitivity,
     support_statistics,
 )
-from fusiondp.train import plan_tabular_scaling, private_weight
+from fusiondp.tabular import plan_tabular_scaling
+from fusiondp.train import private_weight
+
+sepsis_script = load_script("train_fusiondp_sepsis")
 
 
 def _frames(sepsis_frames):
@@ -34,7 +38,12 @@ def _frames(sepsis_frames):
 
 def _views(args, frames):
     plan, shared = plan_tabular_scaling(
-        args, frames, sensitive=sepsis.SENSITIVE, categorical=[], bounds=sepsis.BOUNDS, support_where="test"
+        RunConfig.from_args(args),
+        frames,
+        sensitive=sepsis.SENSITIVE,
+        categorical=[],
+        bounds=sepsis.BOUNDS,
+        support_where="test",
     )
     data, prep = prepare_tabular(
         frames["train"],
@@ -133,9 +142,9 @@ def test_script_error_for_support_scaling_without_support(tmp_path, sepsis_frame
     frames = dict(sepsis_frames, support=None)
     folder = write_sepsis_dir(tmp_path / "d", frames)
     with pytest.raises(ValueError, match="--scaling support needs a public support set"):
-        sepsis.main(sepsis_args(folder, "--support_rows", "0"))
+        sepsis_script.main(sepsis_args(folder, "--support_rows", "0"))
     # The release's own case: no support.csv, so rows are split off and dropped from training.
-    record = sepsis.main(sepsis_args(folder, "--support_rows", "40", "--mode", "sgd_hybrid"))
+    record = sepsis_script.main(sepsis_args(folder, "--support_rows", "40", "--mode", "sgd_hybrid"))
     assert record["num_train_rows"] == 240 - 40 and "dropped from training" in record["support_set"]
 
 
@@ -230,21 +239,21 @@ def test_statistics_alone_over_budget_is_refused():
 def test_dp_scaling_run_records_its_cost(tmp_path, sepsis_frames):
     folder = write_sepsis_dir(tmp_path / "d", dict(sepsis_frames, support=None))
     args = ("--scaling", "dp", "--support_rows", "0", "--scaling_noise_multiplier", "5")
-    dp = sepsis.main(sepsis_args(folder, "--mode", "fusiondp", *args))
+    dp = sepsis_script.main(sepsis_args(folder, "--mode", "fusiondp", *args))
     assert dp["scaling"] == "dp" and dp["num_train_rows"] == 240
     assert dp["scaling_epsilon_cost"] == pytest.approx(dp["epsilon_spent"] - dp["epsilon_without_statistics"])
     assert dp["scaling_epsilon_cost"] > 0 and dp["epsilon_spent"] <= dp["epsilon"]
     # A non-DP mode evaluated on a DP scale releases the statistics only: that ε, no more. Their noise
     # is secret only with --secure_rng (red-team review: seeded, it was reported as private).
-    hybrid = sepsis.main(sepsis_args(folder, "--mode", "sgd_hybrid", *args))
+    hybrid = sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid", *args))
     assert hybrid["epsilon_spent"] == hybrid["scaling_epsilon_cost"] > 0
     assert "DP scaling statistics" in hybrid["guarantee"]
     assert hybrid["rng"] == "seeded" and hybrid["privacy_guarantee_holds"] is False
     assert hybrid["outside_guarantee"] == [EXPERIMENT_MODE]
-    secure = sepsis.main(sepsis_args(folder, "--mode", "sgd_hybrid", "--secure_rng", *args))
+    secure = sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid", "--secure_rng", *args))
     assert secure["rng"] == "secure" and secure["privacy_guarantee_holds"] is True
     # Without DP statistics a non-DP mode draws no secret noise: the seed changes nothing.
-    plain = sepsis.main(sepsis_args(folder, "--mode", "sgd_hybrid", "--support_rows", "40"))
+    plain = sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid", "--support_rows", "40"))
     assert plain["rng"] is None and plain["privacy_guarantee_holds"] is True
 
 
@@ -254,13 +263,13 @@ def test_alpha_follows_the_noise():
     )
     from fusiondp.modes import get_mode
 
-    args = sepsis_args("unused", "--alpha", "3", "--max_private_noise", "3")
+    args = RunConfig.from_args(sepsis_args("unused", "--alpha", "3", "--max_private_noise", "3"))
     mode = get_mode("fusiondp")
     assert private_weight(args, mode, privacy=spec(0.5))[0] == 3.0  # small noise: --alpha as given
     alpha, rule = private_weight(args, mode, privacy=spec(3.0))
     assert alpha == pytest.approx(1.0) and "capped" in rule
     assert math.isclose(alpha * 3.0, 3.0)  # α·σ held at κ
-    args.max_private_noise = 0.0
+    args = args.replace(max_private_noise=0.0)
     assert private_weight(args, mode, privacy=spec(3.0))[0] == 3.0  # the reference's fixed α
 
 
@@ -276,4 +285,4 @@ def test_alpha_follows_the_noise():
 )
 def test_meaningless_weights_are_refused(sepsis_dir, flag, value, message):
     with pytest.raises(ValueError, match=message):
-        sepsis.main(sepsis_args(sepsis_dir, flag, value))
+        sepsis_script.main(sepsis_args(sepsis_dir, flag, value))

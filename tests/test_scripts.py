@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, sepsis_args
+from conftest import REPO, load_script, sepsis_args
 
-import train_fusiondp_sepsis as sepsis
 from fusiondp.modes import MODES
 from fusiondp.results import EXPERIMENT_MODE, load_records
 
@@ -18,11 +17,15 @@ FLAT_KEYS = (
     "train_seconds seconds_per_epoch git_commit command"
 ).split()
 
+sepsis_script = load_script("train_fusiondp_sepsis")
+
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_mode_runs_end_to_end_and_records(tmp_path, sepsis_dir, mode):
     out = tmp_path / "r.jsonl"
-    record = sepsis.main(sepsis_args(sepsis_dir, "--mode", mode, "--epochs", "2", "--results_json", str(out)))
+    record = sepsis_script.main(
+        sepsis_args(sepsis_dir, "--mode", mode, "--epochs", "2", "--results_json", str(out))
+    )
     [stored] = load_records(out)
     assert set(FLAT_KEYS) <= set(stored)
     assert stored["mode"] == mode and stored["dataset"] == "sepsis"
@@ -52,7 +55,9 @@ def test_every_mode_runs_end_to_end_and_records(tmp_path, sepsis_dir, mode):
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(sepsis_dir):
-    runs = [sepsis.main(sepsis_args(sepsis_dir, "--mode", "fusiondp", "--seed", str(s))) for s in (7, 7, 8)]
+    runs = [
+        sepsis_script.main(sepsis_args(sepsis_dir, "--mode", "fusiondp", "--seed", str(s))) for s in (7, 7, 8)
+    ]
     assert runs[0]["epochs_log"] == runs[1]["epochs_log"]
     assert runs[0]["epochs_log"] != runs[2]["epochs_log"]
 
@@ -60,8 +65,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(sepsis_dir):
 def test_evaluation_covers_every_row_and_restores_train_mode():
     import torch
 
+    from fusiondp.datasets.sepsis import build_model as sepsis_mlp
     from fusiondp.metrics import predict_proba
-    from fusiondp.models import sepsis_mlp
 
     model = sepsis_mlp(5)
     model.train()
@@ -174,7 +179,7 @@ def test_make_tables_mean_std_count_and_plot(tmp_path):
 def test_secure_rng_is_not_reproducible_and_keeps_no_seed(tmp_path, sepsis_dir, mode):
     out = tmp_path / "r.jsonl"
     args = ("--mode", mode, "--seed", "5", "--secure_rng", "--results_json", str(out))
-    runs = [sepsis.main(sepsis_args(sepsis_dir, *args)) for _ in range(2)]
+    runs = [sepsis_script.main(sepsis_args(sepsis_dir, *args)) for _ in range(2)]
     assert runs[0]["epochs_log"] != runs[1]["epochs_log"]  # same --seed, other batches and noise
     for record in load_records(out):
         assert record["rng"] == "secure" and record["privacy_guarantee_holds"] is True
@@ -186,14 +191,14 @@ def test_secure_rng_is_not_reproducible_and_keeps_no_seed(tmp_path, sepsis_dir, 
 
 
 def test_seeded_run_reproduces_exactly_and_says_it_is_an_experiment(sepsis_dir):
-    runs = [sepsis.main(sepsis_args(sepsis_dir, "--mode", "dpsgd", "--seed", "5")) for _ in range(2)]
+    runs = [sepsis_script.main(sepsis_args(sepsis_dir, "--mode", "dpsgd", "--seed", "5")) for _ in range(2)]
     assert runs[0]["epochs_log"] == runs[1]["epochs_log"]
     assert runs[0]["privacy_guarantee_holds"] is False
     assert runs[0]["outside_guarantee"] == [EXPERIMENT_MODE]
 
 
 def test_reference_options_are_recorded_as_outside_the_guarantee(sepsis_dir):
-    record = sepsis.main(
+    record = sepsis_script.main(
         sepsis_args(sepsis_dir, "--mode", "calibrated_fusion", "--divide_by_realised_batch", "--secure_rng")
     )
     assert record["privacy_guarantee_holds"] is False

@@ -6,13 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from conftest import load_script
 from test_text_data import make_note_frames, write_notes_dir
 
-import train_fusiondp_mimic as mimic
+from fusiondp.datasets import mimic as mimic_facts
+
+mimic_script = load_script("train_fusiondp_mimic")
 
 
 def _args(data_dir, *extra: str):
-    return mimic.get_args_parser().parse_args(
+    return mimic_script.get_args_parser().parse_args(
         [
             "--dataset",
             "medical_abstracts",
@@ -50,14 +53,14 @@ def notes_dir(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("mode", mimic.TEXT_MODES)
+@pytest.mark.parametrize("mode", mimic_facts.TEXT_MODES)
 def test_every_text_mode_runs(notes_dir, tmp_path, mode):
     results = tmp_path / "r.jsonl"
     sample_level = mode == "dpsgd"
     if sample_level:
         pytest.importorskip("transformers")  # dpsgd's default: MiniLM's tokenizer and table
     extra = ["--labels_file", str(notes_dir / "labels.csv")] if sample_level else []
-    record = mimic.main(_args(notes_dir, "--mode", mode, "--results_json", str(results), *extra))
+    record = mimic_script.main(_args(notes_dir, "--mode", mode, "--results_json", str(results), *extra))
     assert record["mode"] == mode and record["steps"] == 2  # round(0.2 * 40 / 4)
     assert record["delta"] == 1e-5 and record["delta_times_n"] == pytest.approx(4e-4)  # min(1e-5, 1/(10 N))
     for split in ("val", "test"):
@@ -82,7 +85,7 @@ def test_every_text_mode_runs(notes_dir, tmp_path, mode):
 @pytest.mark.parametrize("mode", ["sgd_pub", "feature-dp", "naive_fusion_pub"])
 def test_noise_view_modes_are_refused(notes_dir, mode):
     with pytest.raises(ValueError, match="not available for notes"):
-        mimic.main(_args(notes_dir, "--mode", mode))
+        mimic_script.main(_args(notes_dir, "--mode", mode))
 
 
 def test_scrambled_original_notes_leave_public_modes_bit_for_bit(notes_dir, tmp_path):
@@ -94,13 +97,13 @@ def test_scrambled_original_notes_leave_public_modes_bit_for_bit(notes_dir, tmp_
     )
     scrambled = write_notes_dir(tmp_path / "scrambled", frames)
     for extra in (["--mode", "sgd_hybrid"], ["--mode", "fusiondp", "--alpha", "0"]):
-        a = mimic.main(_args(notes_dir, *extra))
-        b = mimic.main(_args(scrambled, *extra))
+        a = mimic_script.main(_args(notes_dir, *extra))
+        b = mimic_script.main(_args(scrambled, *extra))
         keys = [k for k in a if k.startswith(("val_", "test_"))]
         assert [a[k] for k in keys] == [b[k] for k in keys]
         assert a["c_h"] == b["c_h"]
-    dp_a = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--alpha", "1"))
-    dp_b = mimic.main(_args(scrambled, "--mode", "fusiondp", "--alpha", "1"))
+    dp_a = mimic_script.main(_args(notes_dir, "--mode", "fusiondp", "--alpha", "1"))
+    dp_b = mimic_script.main(_args(scrambled, "--mode", "fusiondp", "--alpha", "1"))
     assert dp_a["test_micro_auc"] != dp_b["test_micro_auc"]  # the private term does read them
 
 
@@ -111,20 +114,37 @@ def test_original_note_lengths_do_not_reach_the_public_path(notes_dir, tmp_path)
     frames["train"] = frames["train"].assign(TEXT=[t + " extra words" * 15 for t in frames["train"].TEXT])
     longer = write_notes_dir(tmp_path / "longer", frames)
     extra = ["--mode", "fusiondp", "--alpha", "0", "--max_len", "500", "--dropout", "0.5"]
-    a, b = mimic.main(_args(notes_dir, *extra)), mimic.main(_args(longer, *extra))
+    a, b = mimic_script.main(_args(notes_dir, *extra)), mimic_script.main(_args(longer, *extra))
     keys = [k for k in a if k.startswith(("val_", "test_"))]
     assert [a[k] for k in keys] == [b[k] for k in keys]
 
 
 def test_bad_flags_are_refused(notes_dir):
     with pytest.raises(ValueError, match="--max_len must be >= 1"):
-        mimic.main(_args(notes_dir, "--max_len", "0"))
+        mimic_script.main(_args(notes_dir, "--max_len", "0"))
     with pytest.raises(FileNotFoundError, match=r"Run impute_mimic\.py first"):
-        mimic.main(_args(notes_dir.parent / "nowhere"))
+        mimic_script.main(_args(notes_dir.parent / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--delta", "1e-6", "--delta_one_over_n"], "not both"),
+        (["--delta", "2"], r"--delta must be in \(0, 1\)"),
+        (["--model", "encoder", "--embeddings", "minilm"], "is CAML's"),
+    ],
+)
+def test_bad_flag_combinations_fail_before_any_data_is_read(tmp_path, monkeypatch, flags, message):
+    def never(*args, **kwargs):
+        raise AssertionError("notes were read before the flags were checked")
+
+    monkeypatch.setattr(mimic_script, "load_note_splits", never)
+    with pytest.raises(ValueError, match=message):
+        mimic_script.main(_args(tmp_path / "nowhere", *flags))
 
 
 def test_c_h_from_original_notes_is_marked_outside_the_guarantee(notes_dir):
-    record = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--c_h_from_private"))
+    record = mimic_script.main(_args(notes_dir, "--mode", "fusiondp", "--c_h_from_private"))
     assert "NOT PRIVATE" in record["c_h_source"] and record["c_h"] > 0
     assert record["privacy_guarantee_holds"] is False and record["outside_guarantee"]
 
@@ -137,9 +157,9 @@ def test_propagated_model_spans_void_the_guarantee(notes_dir, tmp_path):
     shutil.copytree(notes_dir, folder)
     info = json.loads((folder / "imputation_info.json").read_text())
     (folder / "imputation_info.json").write_text(json.dumps({**info, "propagate_model_spans": True}))
-    record = mimic.main(_args(folder, "--mode", "fusiondp", "--secure_rng"))
+    record = mimic_script.main(_args(folder, "--mode", "fusiondp", "--secure_rng"))
     assert record["imputation"]["propagate_model_spans"] is True
     assert record["privacy_guarantee_holds"] is False
     assert any("--propagate_model_spans" in r for r in record["outside_guarantee"])
-    plain = mimic.main(_args(notes_dir, "--mode", "fusiondp", "--secure_rng"))
+    plain = mimic_script.main(_args(notes_dir, "--mode", "fusiondp", "--secure_rng"))
     assert plain["privacy_guarantee_holds"] is True

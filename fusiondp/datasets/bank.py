@@ -1,0 +1,40 @@
+"""UCI Bank Marketing (id 222): 45,211 clients, label ``y`` (subscribed a term deposit).
+
+Source: ``bank-full.csv`` as UCI ships it (``;``-separated; ``unknown`` means missing), default
+``$FUSIONDP_DATA/bank/bank-full.csv``. Sensitive: age, job, marital, education, housing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from fusiondp.cli import add_imputed_data_args
+from fusiondp.models import small_tabular_mlp
+
+NAME = "bank"
+SENSITIVE = ["age", "job", "marital", "education", "housing"]
+PUBLIC = ["default", "balance", "loan", "contact", "day", "month", "duration", "campaign", "pdays", "previous",
+          "poutcome"]  # fmt: skip
+CATEGORICAL = ["job", "marital", "education", "housing", "default", "loan", "contact", "month", "poutcome"]
+LABEL = "y"
+SPLITS = {"support": 512, "train": 30_000, "val": 5_000, "test": 5_000}
+"""impute_bank.py's disjoint splits (seed 66), in rows."""
+BOUNDS = {"age": (17.0, 100.0)}  # public domain knowledge (bank clients' ages), for --scaling dp
+TRAINING_DEFAULTS = dict(
+    epsilon=1.0,
+    epochs=10,
+    max_grad_norm=1.0,
+    alpha=1.0,
+    beta=1.0,
+    lr=0.05,
+    batch_size=128,
+    delta=1e-5,
+    seed=66,
+)
+"""The paper authors' reference command (their README), as train_fusiondp_bank.py's defaults."""
+build_model = small_tabular_mlp  # d → 64 → 32 → 1, the authors' bank/adult MLP
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--data_dir`` (impute_bank.py's output, default outputs/bank) and ``--one_hot``."""
+    return add_imputed_data_args(parser, dataset=NAME)

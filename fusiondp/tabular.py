@@ -1,0 +1,194 @@
+"""Tabular runs: scale each view (``--scaling``), build the tensors, train and record (docs/design.md §5).
+
+The scripts of the tabular data sets hand their frames and column roles to :func:`run_tabular` (or,
+for the splits an ``impute_<dataset>.py`` wrote, :func:`run_imputed_tabular`) with the run's
+:class:`fusiondp.config.RunConfig`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from fusiondp.config import RunConfig
+from fusiondp.data import imputer_provenance, load_imputed_splits, prepare_tabular
+from fusiondp.models import binary_bce
+from fusiondp.modes import NOISE, get_mode
+from fusiondp.privacy import ADD_REMOVE
+from fusiondp.results import print_summary
+from fusiondp.scaling import (
+    ScalingPlan,
+    check_bounds,
+    check_bounds_cover_public,
+    column_statistics,
+    dp_statistics,
+    support_statistics,
+)
+from fusiondp.train import run_experiment
+
+TABULAR_METRICS = ("test_auroc", "test_aupr", "test_f1")
+
+
+def plan_tabular_scaling(
+    config: RunConfig,
+    frames: dict[str, pd.DataFrame],
+    *,
+    sensitive: Sequence[str],
+    categorical: Sequence[str],
+    bounds: dict[str, tuple[float, float]],
+    support_where: str,
+) -> tuple[ScalingPlan, pd.DataFrame]:
+    """The original view's statistics for ``--scaling``, and the rows the shared statistics are fitted on.
+
+    ``frames``: ``train`` (original rows), ``train_imputed`` (hybrid), ``support`` (public, or None).
+    Shared statistics (public columns, vocabularies) come from the hybrid and support rows under
+    feature-level DP; under sample-level DP (dpsgd) every column of a training row is private, so
+    from the support rows alone. Only ``--scaling dp`` (through the Gaussian mechanism) and
+    ``--scaling private`` (not private, and recorded so) read original values.
+    """
+    mode = get_mode(config.mode)
+    sample_level = mode.relation == ADD_REMOVE
+    numeric_sensitive = [c for c in sensitive if c not in set(categorical)]
+    original, hybrid, support = frames["train"], frames["train_imputed"], frames.get("support")
+    public_rows = (
+        hybrid
+        if support is None
+        else pd.concat([hybrid, support[hybrid.columns.intersection(support.columns)]])
+    )
+    if config.scaling == "private":
+        plan = ScalingPlan(
+            "private",
+            column_statistics(original, numeric_sensitive),
+            "mean/std of the training rows' ORIGINAL values, as the authors do: NOT PRIVATE",
+            reads_private_values=True,
+        )
+        return plan, original if sample_level else public_rows
+    if config.scaling == "dp":
+        if sample_level:
+            raise ValueError(
+                f"--scaling dp estimates only the sensitive columns, but {mode.name} protects whole rows: "
+                "every statistic it uses must come from public rows. Use --scaling support."
+            )
+        wanted = {c: bounds[c] for c in numeric_sensitive if c in bounds}
+        check_bounds(bounds, numeric_sensitive)
+        check_bounds_cover_public(wanted, public_rows, what="hybrid and support rows")
+        seed = secrets.randbits(62) if config.secure_rng else config.seed + 3
+        stats = dp_statistics(
+            original,
+            bounds=wanted,
+            noise_multiplier=config.scaling_noise_multiplier,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        description = (
+            f"Gaussian-mechanism estimate from the {len(original)} training rows' original values "
+            f"(noise multiplier {config.scaling_noise_multiplier}, ranges {wanted}), composed into epsilon"
+        )
+        return ScalingPlan(
+            "dp", stats, description, stats_noise_multiplier=config.scaling_noise_multiplier
+        ), public_rows
+    if support is None and (sample_level or numeric_sensitive):
+        support_statistics(None, numeric_sensitive, where=support_where)  # raises the clear error
+    stats = support_statistics(support, numeric_sensitive, where=support_where) if numeric_sensitive else {}
+    description = f"true values of the public support set ({support_where}, {len(support)} rows)"
+    return ScalingPlan("support", stats, description), support if sample_level else public_rows
+
+
+def run_tabular(
+    config: RunConfig,
+    *,
+    dataset: str,
+    frames: dict[str, pd.DataFrame],
+    public: Sequence[str],
+    sensitive: Sequence[str],
+    categorical: Sequence[str],
+    label: str,
+    bounds: dict[str, tuple[float, float]],
+    support_where: str,
+    build_model: Callable[[int], nn.Module],
+    extra_record: dict | None = None,
+) -> dict:
+    """Scale each view (``--scaling``), build the tensors, train and record one tabular run."""
+    plan, shared_fit = plan_tabular_scaling(
+        config,
+        frames,
+        sensitive=sensitive,
+        categorical=categorical,
+        bounds=bounds,
+        support_where=support_where,
+    )
+    data, _ = prepare_tabular(
+        frames["train"],
+        frames["train_imputed"],
+        frames["val"],
+        frames["test"],
+        sensitive=sensitive,
+        public=public,
+        label=label,
+        categorical=categorical,
+        one_hot=bool(config.extra("one_hot", False)),
+        noise_seed=config.seed,
+        original_stats=plan.stats,
+        shared_fit=shared_fit,
+    )
+    notes = []
+    categorical_sensitive = [c for c in sensitive if c in set(categorical)]
+    if get_mode(config.mode).public_view == NOISE and categorical_sensitive:
+        notes.append(
+            f"the noise view puts N(0,1) values into the one-hot columns of {categorical_sensitive}, which no "
+            "real row has: its zero-out neighbour is not a real data set, so only the replace-one epsilon "
+            "is meaningful for those columns"
+        )
+    record = run_experiment(
+        config,
+        dataset=dataset,
+        data=data,
+        build_model=lambda: build_model(data.num_features),
+        loss_fn=binary_bce,
+        extra_record={"sensitive_columns": list(sensitive), **(extra_record or {})},
+        scaling=plan,
+        privacy_notes=notes,
+    )
+    print_summary(record, TABULAR_METRICS, extra=("alpha_used",))
+    return record
+
+
+def run_imputed_tabular(
+    config: RunConfig,
+    *,
+    dataset: str,
+    public: list[str],
+    sensitive: list[str],
+    categorical: list[str],
+    label: str,
+    bounds: dict[str, tuple[float, float]],
+    build_model: Callable[[int], nn.Module],
+) -> dict:
+    """Train on the splits an ``impute_<dataset>.py`` wrote to ``--data_dir`` and record the run.
+
+    The support set is public: it scales the original view (``--scaling support``) and joins the
+    hybrid rows in fitting vocabularies and public columns' scales. The record names the imputer
+    that made the hybrid file (and whether it deviates from the paper).
+    """
+    data_dir = Path(config.extra("data_dir"))
+    frames = load_imputed_splits(data_dir, dataset=dataset, public=public, sensitive=sensitive, label=label)
+    return run_tabular(
+        config,
+        dataset=dataset,
+        frames=frames,
+        public=public,
+        sensitive=sensitive,
+        categorical=categorical,
+        label=label,
+        bounds=bounds,
+        support_where=str(data_dir / f"{dataset}_support.csv"),
+        build_model=build_model,
+        extra_record={
+            "data_dir": str(config.extra("data_dir")),
+            **imputer_provenance(data_dir),
+        },
+    )
