@@ -55,7 +55,7 @@ import torch
 
 from fusiondp.benchmark import PEAK_RSS_WRAPPER, machine_info, time_calls
 from fusiondp.config import RunConfig
-from fusiondp.data import data_root, prepare_tabular
+from fusiondp.data import data_root
 from fusiondp.datasets import sepsis, training_parser
 from fusiondp.models import binary_bce
 from fusiondp.modes import MODES
@@ -183,14 +183,8 @@ def time_phases(args: argparse.Namespace) -> dict:
     ref = RunConfig.from_args(training_parser(sepsis).parse_args([]))
     data_dir = args.data_dir or data_root() / "sepsis"
     frames = sepsis.load_frames(data_dir)
-    data, _ = prepare_tabular(
-        frames["train"],
-        frames["train_imputed"],
-        frames["val"],
-        frames["test"],
-        sensitive=sepsis.SENSITIVE,
-        public=sepsis.PUBLIC,
-        label=sepsis.LABEL,
+    data, _ = sepsis.prepare(
+        frames,
         noise_seed=args.seed,
         # Timing only: any public scale will do, the hybrid rows' own is at hand.
         original_stats=column_statistics(frames["train_imputed"], sepsis.SENSITIVE),

@@ -18,7 +18,7 @@ import json
 import pandas as pd
 
 from fusiondp.config import RunConfig
-from fusiondp.data import data_root, prepare_tabular
+from fusiondp.data import data_root
 from fusiondp.datasets import sepsis, training_parser
 from fusiondp.models import binary_bce
 from fusiondp.scaling import column_statistics
@@ -43,14 +43,8 @@ def main() -> None:
             support_rows=args.support_rows,
             support_seed=args.support_seed,
         )
-        data, _ = prepare_tabular(
-            frames["train"],
-            frames["train_imputed"],
-            frames["val"],
-            frames["test"],
-            sensitive=sepsis.SENSITIVE,
-            public=sepsis.PUBLIC,
-            label=sepsis.LABEL,
+        data, _ = sepsis.prepare(
+            frames,
             # The old scale: the hybrid rows' statistics for the original view too.
             original_stats=column_statistics(frames["train_imputed"], sepsis.SENSITIVE),
             shared_fit=pd.concat([frames["train_imputed"], frames["support"]]),

@@ -243,3 +243,12 @@ class _OutsideUse(nn.Module):
     def forward(self, x):
         h = torch.tanh(self.lin(x))
         return self.head(h) + (h * self.head.weight[0]).sum(-1, keepdim=True), h
+
+
+def assert_matches_oracle(model, x, x_ref, y, *, C, **kw) -> None:
+    """The clipped sum as training computes it equals the per-example loop's, norms included."""
+    got, norms = _sum(model, x, x_ref, y, C=C, **kw)
+    expected, expected_norms = _oracle(model, x, x_ref, y, C=C, **kw)
+    torch.testing.assert_close(norms, expected_norms)
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], msg=name)

@@ -25,6 +25,7 @@ from clipping_cases import (
     _Tied,
     _UnusedLayer,
     _zero_out,
+    assert_matches_oracle,
     per_example_method,
 )
 from torch import nn
@@ -64,11 +65,7 @@ def test_hole_batch_major_linear_layout_passes_the_check_when_views_equal_batch(
     assert "not registered" in unsupported_reason(model)  # fixed: no layout proof, no book-keeping
     x, x_ref, y = _table(2, 5, seed=3)
     C = 0.05
-    got, norms = _sum(model, x, x_ref, y, C=C)
-    expected, expected_norms = _oracle(model, x, x_ref, y, C=C)
-    torch.testing.assert_close(norms, expected_norms)
-    for name in got:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert_matches_oracle(model, x, x_ref, y, C=C)
 
 
 def test_hole_batch_major_linear_layout_sensitivity_exceeds_C():
@@ -93,11 +90,7 @@ def test_hole_batch_major_conv_layout_is_not_checked():
     assert "not registered" in unsupported_reason(model)  # fixed: no layout proof, no book-keeping
     x, x_ref, y = _table(3, 7, seed=4)
     C = 0.01
-    got, norms = _sum(model, x, x_ref, y, C=C)
-    expected, expected_norms = _oracle(model, x, x_ref, y, C=C)
-    torch.testing.assert_close(norms, expected_norms)
-    for name in got:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert_matches_oracle(model, x, x_ref, y, C=C)
 
 
 def test_hole_batch_major_conv_layout_sensitivity_exceeds_C():
@@ -157,11 +150,7 @@ def test_hole_inplace_activation_after_a_layer_gives_wrong_gradients():
     assert per_example_method(model, "auto")[0] == "vmap"  # fixed: unregistered classes fall back
     x, x_ref, y = _table(6, 5, changed=3)
     C = 0.02
-    got, norms = _sum(model, x, x_ref, y, C=C)
-    expected, expected_norms = _oracle(model, x, x_ref, y, C=C)
-    torch.testing.assert_close(norms, expected_norms)
-    for name in got:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert_matches_oracle(model, x, x_ref, y, C=C)
 
 
 def test_hole_tied_weights_are_accepted_and_summed_wrongly():
@@ -170,11 +159,7 @@ def test_hole_tied_weights_are_accepted_and_summed_wrongly():
     assert per_example_method(model, "auto")[0] == "vmap"  # fixed: unregistered classes fall back
     x, x_ref, y = _table(6, 4)
     C = 0.02
-    got, norms = _sum(model, x, x_ref, y, C=C)
-    expected, expected_norms = _oracle(model, x, x_ref, y, C=C)
-    torch.testing.assert_close(norms, expected_norms)
-    for name in got:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert_matches_oracle(model, x, x_ref, y, C=C)
 
 
 def test_hole_parameter_read_outside_its_module_is_silently_dropped():
@@ -183,11 +168,7 @@ def test_hole_parameter_read_outside_its_module_is_silently_dropped():
     assert per_example_method(model, "auto")[0] == "vmap"  # fixed: unregistered classes fall back
     x, x_ref, y = _table(6, 5)
     C = 0.02
-    got, norms = _sum(model, x, x_ref, y, C=C)
-    expected, expected_norms = _oracle(model, x, x_ref, y, C=C)
-    torch.testing.assert_close(norms, expected_norms)
-    for name in got:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert_matches_oracle(model, x, x_ref, y, C=C)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -198,11 +179,7 @@ def test_hole_conv1d_padding_mode_is_ignored(stride):
     assert per_example_method(model, "auto")[0] == "vmap"  # fixed: unregistered classes fall back
     x, x_ref, y = _table(4, 7, changed=7)
     C = 0.01
-    got, norms = _sum(model, x, x_ref, y, C=C)
-    expected, expected_norms = _oracle(model, x, x_ref, y, C=C)
-    torch.testing.assert_close(norms, expected_norms)
-    for name in got:
-        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert_matches_oracle(model, x, x_ref, y, C=C)
 
 
 @pytest.mark.parametrize("kind", [_FrozenWeight, _UnusedLayer, _KeywordCall])

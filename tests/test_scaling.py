@@ -10,7 +10,6 @@ from conftest import load_script, sepsis_args, write_sepsis_dir
 
 from fusiondp import privacy
 from fusiondp.config import RunConfig
-from fusiondp.data import prepare_tabular
 from fusiondp.datasets import sepsis
 from fusiondp.results import EXPERIMENT_MODE
 from fusiondp.scaling import (
@@ -45,14 +44,8 @@ def _views(args, frames):
         bounds=sepsis.BOUNDS,
         support_where="test",
     )
-    data, prep = prepare_tabular(
-        frames["train"],
-        frames["train_imputed"],
-        frames["val"],
-        frames["test"],
-        sensitive=sepsis.SENSITIVE,
-        public=sepsis.PUBLIC,
-        label=sepsis.LABEL,
+    data, prep = sepsis.prepare(
+        frames,
         original_stats=plan.stats,
         shared_fit=shared,
     )

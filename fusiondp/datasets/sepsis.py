@@ -19,10 +19,13 @@ import numpy as np
 import pandas as pd
 
 from fusiondp.data import (
+    TabularData,
+    TabularPreprocessor,
     check_aligned,
     check_binary_label,
     check_columns,
     imputer_provenance,
+    prepare_tabular,
     read_csv,
     split_indices,
 )
@@ -178,3 +181,21 @@ def training_frames(
 def provenance(data_dir: Path) -> dict:
     """Who made train_hybrid.csv: impute_sepsis.py's imputation_info.json, else the authors' release."""
     return imputer_provenance(data_dir, when_missing=RELEASE_IMPUTER)
+
+
+def prepare(frames: dict[str, pd.DataFrame], **kwargs) -> tuple[TabularData, TabularPreprocessor]:
+    """:func:`fusiondp.data.prepare_tabular` on sepsis frames (train, train_imputed, val, test).
+
+    ``kwargs`` go through unchanged (``original_stats`` is required there: where the original
+    view's scale comes from is the caller's decision, see fusiondp/scaling.py).
+    """
+    return prepare_tabular(
+        frames["train"],
+        frames["train_imputed"],
+        frames["val"],
+        frames["test"],
+        sensitive=SENSITIVE,
+        public=PUBLIC,
+        label=LABEL,
+        **kwargs,
+    )
