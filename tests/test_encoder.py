@@ -193,8 +193,12 @@ def test_scrambled_original_notes_leave_the_public_path_bit_for_bit(
         assert len(inputs_a) == len(public_inputs) == a["steps"]
         assert all(torch.equal(x, y) for x, y in zip(inputs_a, public_inputs, strict=True))
         assert _metrics(a) == _metrics(b) and a["c_h"] == b["c_h"]
-    dp_a = mimic_script.main(_args(notes_dir, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
-    dp_b = mimic_script.main(_args(scrambled, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    dp_a = mimic_script.main(
+        _args(notes_dir, tiny_encoder, "--mode", "fusiondp", "--alpha", "1", "--max_private_noise", "0")
+    )
+    dp_b = mimic_script.main(
+        _args(scrambled, tiny_encoder, "--mode", "fusiondp", "--alpha", "1", "--max_private_noise", "0")
+    )
     assert dp_a["test_micro_auc"] != dp_b["test_micro_auc"]
 
 
@@ -215,13 +219,17 @@ def test_a_public_term_never_reads_the_original_embedding_cache(tiny_encoder, tm
     spec = resolve_encoder(str(tiny_encoder), max_tokens=32)
     clean = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "0"))
     clean_inputs = list(public_inputs)
-    clean_dp = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    clean_dp = mimic_script.main(
+        _args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1", "--max_private_noise", "0")
+    )
     _poison_original_cache(folder, spec)
     public_inputs.clear()
     poisoned = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "0"))
     assert all(torch.equal(x, y) for x, y in zip(clean_inputs, public_inputs, strict=True))
     assert _metrics(clean) == _metrics(poisoned) and clean["c_h"] == poisoned["c_h"]
-    poisoned_dp = mimic_script.main(_args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1"))
+    poisoned_dp = mimic_script.main(
+        _args(folder, tiny_encoder, "--mode", "fusiondp", "--alpha", "1", "--max_private_noise", "0")
+    )
     assert _metrics(clean_dp) != _metrics(poisoned_dp)
 
 
