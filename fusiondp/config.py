@@ -140,6 +140,12 @@ class RunConfig:
             raise ValueError(f"--beta must be >= 0 (a weight), got {self.beta!r}.")
         if self.mix_weight is not None and not (math.isfinite(self.mix_weight) and 0 <= self.mix_weight <= 1):
             raise ValueError(f"--mix_weight must lie in [0, 1], got {self.mix_weight!r}.")
+        if self.mix_weight is not None and not self.is_naive:
+            # Accepted and ignored, it would still make the run's settings differ from the same run
+            # without it (skip-matching) and suggest a weight that was never used.
+            raise ValueError(
+                f"--mix_weight is naive fusion's mixing weight; mode {self.mode!r} has none (got {self.mix_weight!r})."
+            )
         if self.is_naive and self.mix_weight is None and self.beta > 1:
             raise ValueError(
                 f"--beta mixes two gradients in {self.mode} and must lie in [0, 1], got {self.beta!r}."

@@ -353,6 +353,13 @@ def build_record(
             f"scaling statistics (--scaling dp), eps = {stats_epsilon:.4g}"
             if stats_epsilon
             else mode.guarantee
+        )
+        # The mode's nominal guarantee is not this run's when something lies outside it (e.g. a scale
+        # fitted on private rows under sgd_hybrid, whose nominal guarantee says they are never read).
+        + (
+            ""
+            if not outside_guarantee or mode.name == "sgd_ori"
+            else " [nominal: does not hold for this run, see outside_guarantee]"
         ),
         "privacy_guarantee_holds": mode.name != "sgd_ori" and not outside_guarantee,
         "outside_guarantee": outside_guarantee,
