@@ -24,7 +24,8 @@ FusionDP example spans two rows (original and hybrid views) whose gradients must
 norm is taken; and ghost clipping's second backward is the cost this module avoids. Its per-layer
 grad and norm samplers do serve the algebra, but want the example on the first axis: a first
 version fed them ``(batch, views, ...)`` copies of every activation and output gradient, and on the
-sepsis MLP the copies made the private term ~10% slower than the rules below, which read the
+sepsis MLP the copies made the private term slower (a one-off check while writing this, not a
+repo benchmark) than the rules below, which read the
 ``(views, batch, ...)`` tensors in place. Opacus's conv sampler still serves every convolution other
 than stride 1, no dilation, one group (see :func:`_conv_grads`).
 
@@ -93,7 +94,8 @@ def _linear_ghost_norm_sq(a: Tensor, g: Tensor, *, bias: bool) -> Tensor:
 def _linear_grads(layer: nn.Linear, a: Tensor, g: Tensor) -> Grads:
     """Per-example gradients of an nn.Linear from ``(views, batch, *positions, d)`` tensors."""
     # Example-major (batch, views · positions, features), then one batched matmul over an example's
-    # positions: for table rows (two positions) 2.7× faster than the equivalent einsum here.
+    # positions: for table rows (two positions) faster than the equivalent einsum, which runs many
+    # tiny matmuls (a one-off check while writing this, not a repo benchmark).
     g_rows = g.movedim(1, 0).reshape(g.shape[1], -1, g.shape[-1])
     a_rows = a.movedim(1, 0).reshape(a.shape[1], -1, a.shape[-1])
     grads = {layer.weight: torch.bmm(g_rows.transpose(1, 2), a_rows)}
@@ -122,7 +124,8 @@ def _conv_grads(layer: nn.Conv1d, a: Tensor, g: Tensor, views: int, batch: int) 
     Stride 1, no dilation, one group (CAML's convolution): the weight gradient at kernel offset j is
     Σ_t g[:, :, t] · a[:, :, t + j], one batched matmul per offset over both views of each example.
     Opacus's conv grad sampler (used for any other convolution) unfolds the input first, which on
-    the MIMIC shape (128 rows × 1,000 × 512) measured 2.4× slower than this and takes ~260 MB.
+    the MIMIC shape (128 rows × 1,000 × 512) was slower than this in a one-off check while writing
+    it (not a repo benchmark), and its unfolded input alone is 128 × 1,000 × 512 floats (~260 MB).
     """
     if a.shape[0] != views * batch:
         raise RuntimeError("a Conv1d did not get (views · batch) rows; run with --per_example vmap.")

@@ -252,3 +252,16 @@ def assert_matches_oracle(model, x, x_ref, y, *, C, **kw) -> None:
     torch.testing.assert_close(norms, expected_norms)
     for name in got:
         torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+class Reused(nn.Module):
+    """A layer called twice per forward: book-keeping's per-layer algebra would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        h = self.lin(self.lin(x))
+        return self.head(h), h

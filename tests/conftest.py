@@ -89,25 +89,17 @@ def sepsis_dir(tmp_path, sepsis_frames) -> Path:
     return write_sepsis_dir(tmp_path / "sepsis", sepsis_frames)
 
 
+def quick_run_flags(data_dir: Path) -> list[str]:
+    """The flags of a quick sepsis run (1 epoch, batch 32, public batch 64) on ``data_dir``."""
+    return ["--data_dir", str(data_dir), "--epochs", "1", "--batch_size", "32", "--public_batch_size", "64"]
+
+
 def sepsis_args(data_dir: Path, *extra: str):
     """Parsed args of a quick run (1 epoch, batch 32) of the sepsis script."""
     return (
         load_script("train_fusiondp_sepsis")
         .get_args_parser()
-        .parse_args(
-            [
-                "--data_dir",
-                str(data_dir),
-                "--epochs",
-                "1",
-                "--batch_size",
-                "32",
-                "--public_batch_size",
-                "64",
-                "--no_progress",
-                *extra,
-            ]
-        )
+        .parse_args([*quick_run_flags(data_dir), "--no_progress", *extra])
     )
 
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from clipping_cases import Reused
 from torch import nn
 
 from fusiondp import clipping
@@ -184,17 +185,6 @@ class _WithBatchNorm(nn.Module):
         return self.head(h), h
 
 
-class _Reused(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-        self.head = nn.Linear(3, 1)
-
-    def forward(self, x):
-        h = self.lin(self.lin(x))
-        return self.head(h), h
-
-
 def test_unsupported_models_fall_back_to_vmap_or_are_refused(monkeypatch):
     assert per_example_method(MLP(3, hidden=(4,)), "auto") == (
         "bookkeeping",
@@ -209,14 +199,14 @@ def test_unsupported_models_fall_back_to_vmap_or_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="per_example"):
         per_example_method(MLP(3, hidden=(4,)), "ghost")
     # A registered class with a layer that has no rule still falls back.
-    monkeypatch.setattr(clipping, "ROW_WISE_MODELS", {*clipping.ROW_WISE_MODELS, _WithBatchNorm, _Reused})
+    monkeypatch.setattr(clipping, "ROW_WISE_MODELS", {*clipping.ROW_WISE_MODELS, _WithBatchNorm, Reused})
     method, why = per_example_method(_WithBatchNorm(), "auto")
     assert method == "vmap" and "BatchNorm1d" in why
     # A layer called twice per forward breaks the per-layer algebra: refused at the step, not wrong.
     x = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="exactly once"):
         private_gradient(
-            _Reused(),
+            Reused(),
             x,
             x + 1,
             torch.ones(4),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from clipping_cases import (
+    Reused,
     _CircularConv,
     _diff_norm,
     _FrozenWeight,
@@ -212,16 +213,6 @@ def test_regression_private_term_leaves_global_rng_independent_of_padded_width()
 
 
 def test_regression_hooks_removed_after_success_and_after_refusal(monkeypatch):
-    class Reused(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-            self.head = nn.Linear(3, 1)
-
-        def forward(self, x):
-            h = self.lin(self.lin(x))
-            return self.head(h), h
-
     model = Reused()
     monkeypatch.setattr(clipping, "ROW_WISE_MODELS", {*clipping.ROW_WISE_MODELS, Reused})
     x = torch.randn(4, 3)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_sepsis_frames, write_sepsis_dir
+from conftest import make_sepsis_frames, quick_run_flags, write_sepsis_dir
 
 from fusiondp.results import load_records, record_files
 from scripts import sweep
@@ -33,17 +33,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def tiny(data_dir: Path) -> list[str]:
     """The train-script flags of a quick run, after ``--``."""
-    return [
-        "--",
-        "--data_dir",
-        str(data_dir),
-        "--epochs",
-        "1",
-        "--batch_size",
-        "32",
-        "--public_batch_size",
-        "64",
-    ]
+    return ["--", *quick_run_flags(data_dir)]
 
 
 def run_sweep(*args: str, python: str = sys.executable, check: bool = True) -> subprocess.CompletedProcess:
