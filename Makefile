@@ -14,6 +14,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# What the main job and the tests run with: the venv's bin first on PATH and PYTHON set to its
+# interpreter, so that every child (the shell wrappers in scripts/, a sweep's runs) uses the venv and
+# never whatever `python` PATH holds (on a fresh machine, one without the package).
+IN_VENV := PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))"
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= dev,tabular,text,ray
@@ -37,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	@if [ -f "$(FUSIONDP_DATA)/sepsis/train_ori.csv" ]; then \
+	@export $(IN_VENV); if [ -f "$(FUSIONDP_DATA)/sepsis/train_ori.csv" ]; then \
 	  set -x; \
 	  $(PY) scripts/sweep.py --dataset sepsis --modes sgd_ori dpsgd fusiondp --epsilons 2 --seeds 1 \
 	    --jobs $(JOBS) --results results/quickstart; \
@@ -53,4 +57,4 @@ demo: setup
 	fi
 
 test: setup
-	$(PY) -m pytest -q
+	$(IN_VENV) $(PY) -m pytest -q

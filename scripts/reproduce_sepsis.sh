@@ -8,6 +8,7 @@
 # model); add --secure_rng to a command to train a model you may release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_python.sh  # PY: the interpreter with the package (never a bare `python` from PATH)
 out=${1:-results/sepsis.jsonl}
 export JOBS=${JOBS:-2} SEEDS=${SEEDS:-"1 2 3"}
 DP_MODES="dpsgd naive_fusion naive_fusion_pub feature-dp calibrated_fusion fusiondp"
@@ -27,11 +28,11 @@ MODES="dpsgd fusiondp" EPSILONS="0.5 2" bash scripts/sweep_sepsis.sh "$out" --ac
 
 mkdir -p docs/tables
 main="scaling=support accountant=pld,none max_private_noise=3.0"
-python scripts/make_tables.py "$out" --group mode epsilon --where $main \
+"$PY" scripts/make_tables.py "$out" --group mode epsilon --where $main \
   --out docs/tables/sepsis_modes_eps.md --plot docs/sepsis_aupr_vs_eps.png
-python scripts/make_tables.py "$out" --group mode epsilon max_private_noise --where scaling=support accountant=pld \
+"$PY" scripts/make_tables.py "$out" --group mode epsilon max_private_noise --where scaling=support accountant=pld \
   mode=fusiondp,calibrated_fusion --metrics test_aupr test_auroc val_aupr --out docs/tables/sepsis_alpha_rule.md
-python scripts/make_tables.py "$out" --group mode epsilon scaling --where accountant=pld max_private_noise=3.0 \
+"$PY" scripts/make_tables.py "$out" --group mode epsilon scaling --where accountant=pld max_private_noise=3.0 \
   mode=fusiondp,dpsgd --include_outside_guarantee --metrics test_aupr test_auroc --out docs/tables/sepsis_scaling.md
-python scripts/make_tables.py "$out" --group mode epsilon accountant sigma --where scaling=support max_private_noise=3.0 \
+"$PY" scripts/make_tables.py "$out" --group mode epsilon accountant sigma --where scaling=support max_private_noise=3.0 \
   mode=fusiondp,dpsgd --metrics test_aupr test_auroc --out docs/tables/sepsis_accountant.md

@@ -10,6 +10,7 @@
 # leaves whole rows of the table; finished runs are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/_python.sh  # PY: the interpreter with the package (never a bare `python` from PATH)
 dataset=${1:?usage: $0 bank|adult [RESULTS.jsonl]}
 out=${2:-results/$dataset.jsonl}
 IMPUTER=${IMPUTER:-hgb}
@@ -21,7 +22,7 @@ export JOBS=${JOBS:-2} SEEDS=${SEEDS:-"1 2 3"} SCRIPT=train_fusiondp_$dataset.py
 # Re-impute unless the folder is complete and its quality metrics are held-out ones (a 'rows' column;
 # older versions measured on training rows, a private evaluation that must not reach docs/tables).
 if [ ! -f "$data/${dataset}_train_imputed.csv" ] || ! head -n 1 "$data/imputation_metrics.csv" 2>/dev/null | grep -q ',rows,'; then
-  python "impute_$dataset.py" --imputer "$IMPUTER" --out_dir "$data" --no_progress
+  "$PY" "impute_$dataset.py" --imputer "$IMPUTER" --out_dir "$data" --no_progress
 fi
 MODES="$BASE_MODES" EPSILONS=1 bash scripts/sweep_sepsis.sh "$out" --one_hot --data_dir "$data" > /dev/null
 for eps in ${EPSILONS:-1 0.5 2 4}; do
@@ -30,5 +31,5 @@ done
 
 mkdir -p docs/tables
 cp "$data/imputation_metrics.csv" "docs/tables/${dataset}_imputation_$IMPUTER.csv"
-python scripts/make_tables.py "$out" --group mode epsilon --out "docs/tables/${dataset}_modes_eps_$IMPUTER.md" \
+"$PY" scripts/make_tables.py "$out" --group mode epsilon --out "docs/tables/${dataset}_modes_eps_$IMPUTER.md" \
   --plot "docs/${dataset}_aupr_vs_eps_$IMPUTER.png"

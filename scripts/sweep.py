@@ -56,6 +56,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+try:
+    import fusiondp  # noqa: F401
+except ModuleNotFoundError:  # run by an interpreter without the package: say so in one line
+    raise SystemExit(
+        f"scripts/sweep.py: {sys.executable} cannot import fusiondp. Run `make setup` and use "
+        ".venv/bin/python, or install the package into this interpreter (pip install -e .)."
+    ) from None
+
+from fusiondp.datasets import DATASETS, train_script_name
 from fusiondp.launch import (
     LAUNCHERS,
     Outcome,
@@ -69,12 +78,6 @@ from fusiondp.launch import (
 REPO = Path(__file__).resolve().parent.parent
 __all__ = ["LAUNCHERS", "Outcome", "Progress", "Run", "SubmititTask"]  # the launchers' names, re-exported
 
-DATASETS = {
-    "sepsis": "train_fusiondp_sepsis.py",
-    "bank": "train_fusiondp_bank.py",
-    "adult": "train_fusiondp_adult.py",
-    "mimic": "train_fusiondp_mimic.py",
-}
 ALL_MODES = [
     "sgd_ori",
     "sgd_hybrid",
@@ -92,11 +95,13 @@ ALL_MODES = [
 
 
 def train_script(args: argparse.Namespace) -> Path:
-    script = Path(args.script) if args.script else REPO / DATASETS[args.dataset]
+    script = Path(args.script) if args.script else REPO / train_script_name(args.dataset)
     if not script.is_absolute():
         script = (Path.cwd() / script) if (Path.cwd() / script).is_file() else REPO / script
     if not script.is_file():
-        raise SystemExit(f"--script {args.script or DATASETS[args.dataset]!r}: no such file ({script})")
+        raise SystemExit(
+            f"--script {args.script or train_script_name(args.dataset)!r}: no such file ({script})"
+        )
     return script
 
 
@@ -301,7 +306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Reject values no sweep can use, naming the flag and the value."""
     if not args.dataset and not args.script:
-        raise SystemExit("give --dataset (sepsis, bank, adult, mimic) or --script")
+        raise SystemExit(f"give --dataset (one of {', '.join(DATASETS)}) or --script")
     bad_modes = [m for m in args.modes if m not in ALL_MODES]
     if bad_modes:
         raise SystemExit(f"--modes: unknown mode(s) {bad_modes}; known: {ALL_MODES}")

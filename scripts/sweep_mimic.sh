@@ -10,6 +10,7 @@ set -euo pipefail
 results=${1:?usage: $0 RESULTS.jsonl [extra flags for train_fusiondp_mimic.py]}
 shift
 cd "$(dirname "$0")/.."
+source scripts/_python.sh  # PY: the interpreter with the package (never a bare `python` from PATH)
 export SCRIPT=train_fusiondp_mimic.py ALPHAS=0.5 BETAS=0.5 SEEDS=${SEEDS:-"1 2 3"}
 export TABLE_METRICS="test_micro_f1 test_macro_f1 test_micro_auc test_macro_auc"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

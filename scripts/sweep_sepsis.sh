@@ -19,9 +19,10 @@ set -euo pipefail
 results=${1:?usage: $0 RESULTS.jsonl|RESULTS_FOLDER/ [extra flags for the train script]}
 shift
 cd "$(dirname "$0")/.."
+source scripts/_python.sh  # PY: the interpreter with the package (never a bare `python` from PATH)
 # Word splitting of the lists is intended: each is one flag's values.
 # shellcheck disable=SC2086
-exec python scripts/sweep.py --launcher local --script "${SCRIPT:-train_fusiondp_sepsis.py}" \
+exec "$PY" scripts/sweep.py --launcher local --script "${SCRIPT:-train_fusiondp_sepsis.py}" \
   --modes ${MODES:-sgd_ori sgd_hybrid sgd_pub dpsgd naive_fusion naive_fusion_pub feature-dp calibrated_fusion fusiondp} \
   --epsilons ${EPSILONS:-0.5 1 2 4} --alphas ${ALPHAS:-3.0} --betas ${BETAS:-0.5} --seeds ${SEEDS:-1 2 3} \
   --jobs "${JOBS:-1}" --results "$results" ${LOGS:+--logs "$LOGS"} \

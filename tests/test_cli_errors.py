@@ -49,13 +49,47 @@ def test_a_sweep_whose_every_run_fails_ends_with_a_summary(tmp_path, sepsis_dir)
         str(sepsis_dir),
         "--epochs",
         "-1",
-        env={"MODES": "sgd_ori dpsgd", "EPSILONS": "2", "SEEDS": "1"},
+        env={"MODES": "sgd_ori dpsgd", "EPSILONS": "2", "SEEDS": "1", "PYTHON": sys.executable},
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "2 of 2 run(s) failed" in done.stderr
     assert "--epochs must be > 0, got -1.0" in done.stderr
     assert f"logs of every run: {tmp_path / 'out.logs'}" in done.stderr
     assert len(list((tmp_path / "out.logs").glob("*.log"))) == 2
+
+
+@pytest.mark.parametrize("wrapper", ["sweep_sepsis.sh", "sweep_mimic.sh", "reproduce_tabular.sh"])
+def test_a_shell_wrapper_refuses_an_interpreter_without_the_package(tmp_path, wrapper):
+    """The wrappers run PYTHON (make and the tests set it to the venv's); one that cannot import the
+    package ends in one line before any work, instead of a traceback from every run of a sweep."""
+    no_package = tmp_path / "python"
+    no_package.write_text("#!/bin/sh\nexit 1\n")
+    no_package.chmod(0o755)
+    done = _run("bash", f"scripts/{wrapper}", str(tmp_path / "out.jsonl"), env={"PYTHON": str(no_package)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"{wrapper}: the interpreter {no_package} cannot import fusiondp. Run `make setup` (creates .venv "
+        "with the package), or set PYTHON to an interpreter that has it (pip install -e .)."
+    )
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_shell_wrappers_run_the_interpreter_they_are_given(tmp_path, sepsis_dir):
+    """PYTHON reaches the sweep: the wrapper runs it (a shim that logs, then runs this interpreter)."""
+    calls = tmp_path / "calls.txt"
+    shim = tmp_path / "python"
+    shim.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    args = ("--data_dir", str(sepsis_dir), "--epochs", "-1")
+    env = {"MODES": "sgd_ori", "EPSILONS": "2", "SEEDS": "1", "PYTHON": str(shim)}
+    done = _run("bash", "scripts/sweep_sepsis.sh", str(tmp_path / "out.jsonl"), *args, env=env)
+    assert "1 of 1 run(s) failed" in done.stderr, done.stderr
+    guard, sweep = calls.read_text().splitlines()
+    assert guard == "-c import fusiondp"
+    assert sweep.startswith(
+        "scripts/sweep.py --launcher local --script train_fusiondp_sepsis.py --modes sgd_ori"
+    )
+    assert sweep.endswith(" ".join(args))
 
 
 def test_a_default_naming_no_flag_is_an_error():

@@ -114,6 +114,7 @@ def test_sweep_runs_skips_finished_runs_and_prints_table(tmp_path, sepsis_dir):
         "EPSILONS": "2",
         "SEEDS": "1",
         "JOBS": "2",
+        "PYTHON": sys.executable,  # as make does: the wrapper runs the venv's interpreter, not PATH's
     }
     cmd = ["bash", "scripts/sweep_sepsis.sh", str(results), "--epochs", "1", "--batch_size", "32"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
