@@ -21,8 +21,10 @@ machines without TabPFN weights; its results are a deviation from the paper and 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -30,11 +32,32 @@ from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_sco
 from tqdm.auto import tqdm
 
 from fusiondp.config import ImputeConfig
-from fusiondp.data import IMPUTATION_INFO, check_disjoint, output_files, split_indices, write_csv
+from fusiondp.data import (
+    IMPUTATION_INFO,
+    check_columns,
+    check_disjoint,
+    output_files,
+    split_indices,
+    write_csv,
+)
 
 IMPUTERS = ("tabpfn", "hgb")
 DEVIATION_NOTE = "hgb imputer (scikit-learn HistGradientBoosting), NOT TabPFN: a deviation from the paper"
 TABPFN_MAX_CLASSES = 10
+HGB_VALIDATION_FRACTION = 0.2
+"""The part of the (public) support set that the hgb imputer's early stopping holds out for validation."""
+HGB_MAX_ITER = 100
+"""Trees at most per hgb model (scikit-learn's default): early stopping's cap, and the fixed number of
+trees of a column fitted without early stopping (:func:`early_stopping_split_problem`)."""
+MIN_STRATIFIED_CLASS_ROWS = 2
+"""Rows a class needs for a stratified train/validation split (scikit-learn's StratifiedShuffleSplit)."""
+EARLY_STOPPING_RULE = (
+    "a categorical target (a categorical sensitive column, or a blend column's quantile bins) whose "
+    f"classes cannot be split the way hgb's early stopping splits them (stratified, {HGB_VALIDATION_FRACTION:g} "
+    f"of the rows for validation: every class needs at least {MIN_STRATIFIED_CLASS_ROWS} rows and both parts "
+    "at least one row per class), counted on the public support rows only, is fitted without early "
+    f"stopping: {HGB_MAX_ITER} trees on all its support rows; every class and every support row is kept"
+)
 QUALITY_ROWS = ("val", "test")
 """The splits whose imputation quality is measured and written (held-out evaluation rows, never training)."""
 QUALITY_NOTE = (
@@ -42,6 +65,36 @@ QUALITY_NOTE = (
     "predicts them from their public columns and is scored against their true values; the training rows' "
     "sensitive values are never read for it"
 )
+
+
+def early_stopping_split_problem(
+    labels: Sequence, *, validation_fraction: float = HGB_VALIDATION_FRACTION
+) -> tuple[dict[str, int], str | None]:
+    """Why hgb's early stopping cannot split these class labels, or None; and the classes too rare.
+
+    HistGradientBoostingClassifier(early_stopping=True) holds out ``validation_fraction`` of its rows
+    with ``train_test_split(..., stratify=y)``, and scikit-learn's StratifiedShuffleSplit refuses when
+    a class has fewer than :data:`MIN_STRATIFIED_CLASS_ROWS` (2) rows, or when the validation part
+    (``ceil(validation_fraction * n)`` rows) or the training part (the rest) has fewer rows than there
+    are classes. This checks exactly those conditions (tests/test_impute.py checks it against
+    scikit-learn). Returns ``({class: rows} for the classes with too few rows, reason or None)``.
+    Privacy contract: call it on the PUBLIC support set's labels only.
+    """
+    counts = pd.Series(np.asarray(labels)).astype(str).value_counts()
+    n, k = int(counts.sum()), len(counts)
+    n_val = math.ceil(validation_fraction * n)  # scikit-learn's own arithmetic (float test_size)
+    n_train = n - n_val
+    rare = {str(c): int(m) for c, m in sorted(counts.items()) if m < MIN_STRATIFIED_CLASS_ROWS}
+    reasons = []
+    if rare:
+        reasons.append(
+            f"{len(rare)} class(es) with fewer than {MIN_STRATIFIED_CLASS_ROWS} support rows: "
+            + ", ".join(f"{c!r} ({m} row{'s' * (m != 1)})" for c, m in rare.items())
+        )
+    for part, rows in (("validation", n_val), ("training", n_train)):
+        if rows < k:
+            reasons.append(f"the {part} part of the split would have {rows} rows for {k} classes")
+    return rare, "; ".join(reasons) or None
 
 
 def cap_categories(support: pd.Series, *, max_categories: int) -> list:
@@ -113,11 +166,16 @@ class BinBlendRegressor:
             raise ValueError(f"need at least 2 quantile bins, got {n_bins}.")
         self.regressor, self.classifier, self.weight, self.n_bins = regressor, classifier, weight, n_bins
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> BinBlendRegressor:
+    def quantile_bins(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inner bin edges of ``y`` and each value's bin (the classifier's labels)."""
         y = np.asarray(y, dtype=float)
         # Ties (e.g. integer ICULOS) can merge quantiles: keep distinct inner edges only.
-        self.edges_ = np.unique(np.quantile(y, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
-        bins = np.searchsorted(self.edges_, y, side="right")
+        edges = np.unique(np.quantile(y, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
+        return edges, np.searchsorted(edges, y, side="right")
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> BinBlendRegressor:
+        y = np.asarray(y, dtype=float)
+        self.edges_, bins = self.quantile_bins(y)
         bounds = np.concatenate([[y.min()], self.edges_, [y.max()]])
         self.centres_ = np.array(
             [
@@ -181,6 +239,8 @@ class SensitiveImputer:
         self.max_support_rows, self.batch_size, self.n_estimators = max_support_rows, batch_size, n_estimators
         self.vocab_: dict[str, dict[str, int]] = {}
         self.models_: dict[str, object] = {}
+        self.early_stopping_off_: dict[str, dict] = {}
+        """hgb: the columns fitted without early stopping (:data:`EARLY_STOPPING_RULE`), and why."""
 
     def _encode(self, frame: pd.DataFrame) -> np.ndarray:
         cols = []
@@ -207,13 +267,15 @@ class SensitiveImputer:
 
             cls = HistGradientBoostingClassifier if categorical else HistGradientBoostingRegressor
             # Small support sets overfit default boosting: fixed shrinkage, and the number of trees
-            # chosen by early stopping on a held-out fifth of the (public) support set.
+            # chosen by early stopping on a held-out fifth of the (public) support set (a target
+            # whose classes that split cannot take is fitted without it: _early_stopping_rule).
             return cls(
                 random_state=self.seed,
                 learning_rate=0.05,
                 min_samples_leaf=20,
+                max_iter=HGB_MAX_ITER,
                 early_stopping=True,
-                validation_fraction=0.2,
+                validation_fraction=HGB_VALIDATION_FRACTION,
                 n_iter_no_change=10,
             )
         import torch
@@ -249,6 +311,7 @@ class SensitiveImputer:
                 values = sorted(support[col].dropna().astype(str).unique())
                 self.vocab_[col] = {v: i for i, v in enumerate(values)}
         x = self._encode(support)
+        self.models_, self.early_stopping_off_ = {}, {}
         for col in self.sensitive:
             target = support[col]
             known = target.notna().to_numpy()
@@ -262,8 +325,79 @@ class SensitiveImputer:
                 y = classes.to_numpy()
             else:
                 y = pd.to_numeric(target[known], errors="coerce").to_numpy(float)
-            self.models_[col] = self._model(col).fit(x[known], y)
+            model = self._model(col)
+            try:
+                if self.kind == "hgb":
+                    self._early_stopping_rule(col, model, y)
+                self.models_[col] = model.fit(x[known], y)
+            except Exception as error:  # one line that names the column (and its rarest classes)
+                raise ValueError(self._fit_failure(col, model, y, error)) from error
         return self
+
+    def _classifier_target(self, column: str, model, y: np.ndarray):
+        """The hgb classifier fitted for ``column`` and its labels (a blend's quantile bins), or None."""
+        if isinstance(model, BinBlendRegressor):
+            if model.weight == 1.0 or len(y) == 0:  # the classifier is not fitted
+                return None
+            edges, bins = model.quantile_bins(y)
+            bounds = np.concatenate([[np.min(y)], edges, [np.max(y)]])
+            names = np.array(
+                [f"bin {k} [{bounds[k]:.6g}, {bounds[k + 1]:.6g}]" for k in range(len(bounds) - 1)]
+            )
+            return model.classifier, names[bins]
+        if column in self.categorical:
+            return model, y
+        return None
+
+    def _early_stopping_rule(self, column: str, model, y: np.ndarray) -> None:
+        """:data:`EARLY_STOPPING_RULE`: reads ``y``, the PUBLIC support set's target, only.
+
+        Why early stopping off rather than merging the rare classes into ``other``: merging needs a
+        bucket of at least 2 rows to merge into, and a column with 10 categories or fewer has none (a
+        category with one support row would become an ``other`` with one row, which fails the same
+        way); a new ``other`` label would put a category into the hybrid view that the column does not
+        have; merging through apply_cap would rewrite the train/val/test rows' true values because of
+        where one support row fell; and merging does not help when the validation part is smaller
+        than the number of classes. Dropping the rare rows would make their category impossible to
+        impute. Without early stopping, HistGradientBoosting fits any class counts (one-row classes
+        too), keeps every class and every public row, and the column's other settings stay; the cost
+        is a number of trees fixed at HGB_MAX_ITER instead of chosen on validation rows (what
+        scikit-learn itself does below 10,000 rows, early_stopping='auto'). Other columns keep it.
+        """
+        found = self._classifier_target(column, model, y)
+        if found is None:
+            return
+        classifier, labels = found
+        rare, problem = early_stopping_split_problem(
+            labels, validation_fraction=classifier.get_params()["validation_fraction"]
+        )
+        if problem is None:
+            return
+        classifier.set_params(early_stopping=False)
+        self.early_stopping_off_[column] = {
+            "target": "quantile bins" if classifier is not model else "categories",
+            "support_rows": len(labels),
+            "classes": int(pd.Series(labels).nunique()),
+            "rare_classes": rare,
+            "reason": problem,
+            "early_stopping": False,
+            "max_iter": int(classifier.get_params()["max_iter"]),
+        }
+
+    def _fit_failure(self, column: str, model, y: np.ndarray, error: Exception) -> str:
+        message = " ".join(str(error).split()) or type(error).__name__
+        where = f"imputing sensitive column {column!r} ({self.kind}, {len(y)} support rows with a value)"
+        try:  # the classes, to name them; a failure to find them must not hide the first error
+            found = self._classifier_target(column, model, y) if len(y) else None
+        except Exception:
+            found = None
+        if found is not None:
+            counts = pd.Series(np.asarray(found[1])).astype(str).value_counts().sort_index(kind="stable")
+            rarest = counts.sort_values(kind="stable").head(3)
+            where += "; rarest classes in the support set: " + ", ".join(
+                f"{c!r} ({m} row{'s' * (m != 1)})" for c, m in rarest.items()
+            )
+        return f"{where}: {message}"
 
     def predict(self, frame: pd.DataFrame, *, progress: bool = True) -> pd.DataFrame:
         """Imputed sensitive columns for ``frame``, computed from its public columns only."""
@@ -367,17 +501,24 @@ def check_imputer_ready(config: ImputeConfig, *, needed: Sequence[str] = ("class
         raise ValueError(problem)
 
 
-def impute_dataset(
-    df: pd.DataFrame,
-    config: ImputeConfig,
-    *,
-    dataset: str,
-    public: Sequence[str],
-    sensitive: Sequence[str],
-    categorical: Sequence[str],
-    source: str,
-) -> dict:
-    """Split ``df`` (support/train/val/test, ``config.split_sizes``) and run :func:`impute_splits`."""
+def impute_dataset(df: pd.DataFrame, config: ImputeConfig, *, dataset: ModuleType, source: str) -> dict:
+    """Check ``df``'s columns against the dataset module, split it (support/train/val/test,
+    ``config.split_sizes``) and run :func:`impute_splits`.
+
+    ``dataset`` is ``fusiondp.datasets.<name>``: its ``PUBLIC``, ``SENSITIVE``, ``CATEGORICAL``,
+    ``LABEL`` and ``IGNORED`` columns. Ignored columns are dropped before anything is written; any
+    other column that is none of these is an error naming it (it could be a leaky copy of a sensitive
+    one). The imputer's readiness (TabPFN weights) is checked before any work.
+    """
+    check_imputer_ready(config)
+    check_columns(
+        df,
+        path=source,
+        required=[*dataset.PUBLIC, *dataset.SENSITIVE, dataset.LABEL],
+        ignored=dataset.IGNORED,
+        declare_in=f"IGNORED of fusiondp/datasets/{dataset.NAME}.py",
+    )
+    df = df.drop(columns=[c for c in dataset.IGNORED if c in df.columns])
     splits = ("support", "train", "val", "test")
     sizes = dict(zip(splits, config.split_sizes, strict=True))
     ids = split_indices(len(df), sizes, seed=config.seed)
@@ -386,11 +527,11 @@ def impute_dataset(
     return impute_splits(
         frames,
         config,
-        dataset=dataset,
-        public=public,
-        sensitive=sensitive,
-        categorical=categorical,
-        info={"source": source, "splits": sizes},
+        dataset=dataset.NAME,
+        public=dataset.PUBLIC,
+        sensitive=dataset.SENSITIVE,
+        categorical=dataset.CATEGORICAL,
+        info={"source": source, "splits": sizes, "ignored_columns": list(dataset.IGNORED)},
     )
 
 
@@ -452,14 +593,22 @@ def impute_splits(
             "model": (
                 f"TabPFN, n_estimators {imputer.n_estimators}, device {imputer.device}"
                 if config.imputer == "tabpfn"
-                else "HistGradientBoosting: learning_rate 0.05, min_samples_leaf 20, early stopping on 20% of the support set"
+                else f"HistGradientBoosting: learning_rate 0.05, min_samples_leaf 20, early stopping on "
+                f"{HGB_VALIDATION_FRACTION:.0%} of the support set (at most {HGB_MAX_ITER} trees), except "
+                "for the columns in early_stopping_off"
             ),
             "max_support_rows": imputer.max_support_rows,
             **(imputer_options or {}),
         },
     }
+    hgb = config.imputer == "hgb"
+    if hgb:  # counted on the public support rows only, like everything else in this file
+        info["imputer_settings"]["early_stopping_rule"] = EARLY_STOPPING_RULE
+        info["imputer_settings"]["early_stopping_off"] = imputer.early_stopping_off_
     (config.out_dir / IMPUTATION_INFO).write_text(json.dumps(info, indent=2, default=list) + "\n")
     print(f"imputation quality, {QUALITY_NOTE}:\n" + quality.to_string(index=False))
-    if config.imputer == "hgb":
+    if hgb:
         print(f"NOTE: {DEVIATION_NOTE}.")
+        for col, what in imputer.early_stopping_off_.items():
+            print(f"NOTE: hgb imputer of {col!r} fitted without early stopping ({what['reason']}).")
     return {"out_dir": str(config.out_dir), "quality": quality.to_dict("records"), **info}

@@ -216,3 +216,155 @@ def test_impute_splits_leaves_the_callers_tables_as_given(tmp_path):
     assert sorted(frames) == sorted(before)
     for name, frame in frames.items():
         pd.testing.assert_frame_equal(frame, before[name])
+
+
+def test_early_stopping_split_rule_is_exactly_scikit_learns():
+    """The rule's predicate agrees with scikit-learn's stratified split (what hgb's early stopping runs)."""
+    import itertools
+
+    from sklearn.model_selection import train_test_split
+
+    from fusiondp.impute import HGB_VALIDATION_FRACTION, early_stopping_split_problem
+
+    cases = [c for k in (1, 2, 3) for c in itertools.product((1, 2, 3, 4, 7), repeat=k)]
+    cases += [(2,) * 10, (3,) * 10, (4,) * 10, (5,) * 10, (2,) * 5 + (1,), (40, 1, 1), (500, 11, 1)]
+    for counts in cases:
+        labels = np.repeat([f"c{i}" for i in range(len(counts))], counts)
+        rare, problem = early_stopping_split_problem(labels, validation_fraction=HGB_VALIDATION_FRACTION)
+        try:
+            train_test_split(labels, test_size=HGB_VALIDATION_FRACTION, stratify=labels, random_state=0)
+            splits = True
+        except ValueError:
+            splits = False
+        assert (problem is None) == splits, (counts, problem)
+        assert rare == {f"c{i}": 1 for i, m in enumerate(counts) if m == 1}
+    # The exact numbers: one row is too few; ten classes of 4 rows give a validation part of 8 rows.
+    assert early_stopping_split_problem(["a", "a", "b"] * 10 + ["z"]) == (
+        {"z": 1},
+        "1 class(es) with fewer than 2 support rows: 'z' (1 row)",
+    )
+    assert early_stopping_split_problem(np.repeat(np.arange(10), 4)) == (
+        {},
+        "the validation part of the split would have 8 rows for 10 classes",
+    )
+    assert early_stopping_split_problem(np.repeat(np.arange(10), 5)) == ({}, None)  # 10 rows for 10
+
+
+def _rare_job_frames(n_support=300):
+    """Support/train/val/test where 'rare' is a job of ONE support row (and of many training rows)."""
+    df = _table(n_support + 360, seed=11)
+    support, train = df[:n_support].copy(), df[n_support:600].copy()
+    support.loc[support.index[7], "job"] = "rare"
+    train.loc[train.index[:40], "job"] = "rare"  # frequent in training: must not change the rule
+    frames = {"support": support, "train": train, "val": df[600:630], "test": df[630:]}
+    return {name: frame.reset_index(drop=True) for name, frame in frames.items()}
+
+
+def test_hgb_fits_a_category_seen_once_in_the_support_set_without_early_stopping(tmp_path):
+    import json
+
+    from sklearn.model_selection import train_test_split
+
+    frames = _rare_job_frames()
+    support = frames["support"]
+    n_known = int(support["job"].notna().sum())
+    with pytest.raises(ValueError, match=r"Classes with too few members"):  # what scikit-learn does alone
+        job = support["job"].dropna().astype(str)
+        train_test_split(job, test_size=0.2, stratify=job, random_state=0)
+    imp = SensitiveImputer(kind="hgb", **KW).fit(support)
+    expected = {
+        "job": {
+            "target": "categories",
+            "support_rows": n_known,
+            "classes": 4,
+            "rare_classes": {"rare": 1},
+            "reason": "1 class(es) with fewer than 2 support rows: 'rare' (1 row)",
+            "early_stopping": False,
+            "max_iter": 100,
+        }
+    }
+    assert imp.early_stopping_off_ == expected
+    job_model, age_model = imp.models_["job"], imp.models_["age"]
+    assert job_model.early_stopping is False and job_model.n_iter_ == 100  # fixed number of trees
+    assert list(job_model.classes_) == ["admin", "other", "rare", "tech"]  # every class kept
+    assert age_model.early_stopping is True and age_model.n_iter_ < 100  # other columns keep it
+    imputed = imp.predict(frames["train"], progress=False)
+    quality = imputation_quality(frames["train"][40:], imputed[40:], categorical=["job"]).set_index("column")
+    assert quality.loc["job", "accuracy"] > 0.9
+
+    # Through impute_splits: imputation_info.json says what was done, counted on support rows only.
+    config = ImputeConfig(imputer="hgb", seed=0, out_dir=tmp_path / "a", progress=False)
+    impute_splits(frames, config, dataset="t", info={}, **KW)
+    info = json.loads((tmp_path / "a" / "imputation_info.json").read_text())
+    assert info["imputer_settings"]["early_stopping_off"] == expected
+    assert "fitted without early stopping" in info["imputer_settings"]["early_stopping_rule"]
+    assert "except for the columns in early_stopping_off" in info["imputer_settings"]["model"]
+    # Privacy: the training rows' sensitive values (here: 'rare' everywhere) do not move the record.
+    scrambled = dict(frames, train=frames["train"].assign(job="rare", age=0.0))
+    config = ImputeConfig(imputer="hgb", seed=0, out_dir=tmp_path / "b", progress=False)
+    impute_splits(scrambled, config, dataset="t", info={}, **KW)
+    for name in ("imputation_info.json", "imputation_metrics.csv", "t_train_imputed.csv"):
+        if name == "t_train_imputed.csv":  # the imputed columns only (the file also holds true values)
+            a = pd.read_csv(tmp_path / "a" / name)[["age", "job"]]
+            b = pd.read_csv(tmp_path / "b" / name)[["age", "job"]]
+            pd.testing.assert_frame_equal(a, b)
+        else:
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_hgb_without_rare_categories_keeps_early_stopping_everywhere(tmp_path):
+    import json
+
+    imp = SensitiveImputer(kind="hgb", **KW).fit(_table(300, seed=11))
+    assert imp.early_stopping_off_ == {}
+    assert all(model.early_stopping is True for model in imp.models_.values())
+    frames = {k: v.assign(job=v["job"].replace("rare", "tech")) for k, v in _rare_job_frames().items()}
+    config = ImputeConfig(imputer="hgb", seed=0, out_dir=tmp_path, progress=False)
+    impute_splits(frames, config, dataset="t", info={}, **KW)
+    info = json.loads((tmp_path / "imputation_info.json").read_text())
+    assert info["imputer_settings"]["early_stopping_off"] == {}
+
+
+def test_hgb_blend_bin_of_one_support_row_is_fitted_without_early_stopping():
+    support = _table(300, seed=12)
+    support["age"] = 0.0
+    support.loc[5, "age"] = -1.0  # tied values and one low outlier: a quantile bin of one row
+    imp = SensitiveImputer(kind="hgb", blend_columns=["age"], blend_weight=0.5, **KW).fit(support)
+    assert imp.early_stopping_off_["age"] == {
+        "target": "quantile bins",
+        "support_rows": 300,
+        "classes": 2,
+        "rare_classes": {"bin 0 [-1, 0]": 1},
+        "reason": "1 class(es) with fewer than 2 support rows: 'bin 0 [-1, 0]' (1 row)",
+        "early_stopping": False,
+        "max_iter": 100,
+    }
+    model = imp.models_["age"]
+    assert model.classifier.early_stopping is False and model.regressor.early_stopping is True
+    assert "job" not in imp.early_stopping_off_
+    assert np.isfinite(imp.predict(_table(20, seed=13), progress=False)["age"].astype(float)).all()
+
+
+def test_a_failing_column_fit_names_the_column_and_its_rarest_categories(monkeypatch):
+    support = _table(200, seed=14)
+    with pytest.raises(ValueError) as failure:
+        SensitiveImputer(kind="hgb", **KW).fit(support.assign(job=np.nan))  # no known value at all
+    assert str(failure.value).startswith(
+        "imputing sensitive column 'job' (hgb, 0 support rows with a value): Found array with 0 sample(s)"
+    )
+    # Were the rule to miss a case, scikit-learn's error (encoded classes, no column) is named too.
+    import fusiondp.impute
+
+    monkeypatch.setattr(fusiondp.impute, "early_stopping_split_problem", lambda labels, **kw: ({}, None))
+    support.loc[3, "job"] = "rare"
+    n_known = int(support["job"].notna().sum())
+    with pytest.raises(ValueError) as failure:
+        SensitiveImputer(kind="hgb", **KW).fit(support)
+    message = str(failure.value)
+    counts = support["job"].value_counts()
+    assert message.startswith(
+        f"imputing sensitive column 'job' (hgb, {n_known} support rows with a value); rarest classes in the "
+        f"support set: 'rare' (1 row), 'tech' ({counts['tech']} rows), 'other' ({counts['other']} rows): "
+        "The least populated classes in y have only 1 member"
+    )
+    assert "\n" not in message and isinstance(failure.value.__cause__, ValueError)
