@@ -91,17 +91,9 @@ def load_adult(data_dir: Path | None, *, ucimlrepo: bool = False) -> tuple[pd.Da
 
 def main(args: argparse.Namespace) -> dict:
     config = ImputeConfig.from_args(args)
-    check_imputer_ready(config)  # before any work: a missing model is a one-line error
+    check_imputer_ready(config)  # before reading data: a missing model is a one-line error
     df, source = load_adult(args.data_dir, ucimlrepo=args.ucimlrepo)
-    return impute_dataset(
-        df,
-        config,
-        dataset=adult.NAME,
-        public=adult.PUBLIC,
-        sensitive=adult.SENSITIVE,
-        categorical=adult.CATEGORICAL,
-        source=source,
-    )
+    return impute_dataset(df, config, dataset=adult, source=source)
 
 
 if __name__ == "__main__":

@@ -82,20 +82,12 @@ def load_bank(data_csv: Path | None, *, ucimlrepo: bool = False) -> pd.DataFrame
 
 def main(args: argparse.Namespace) -> dict:
     config = ImputeConfig.from_args(args)
-    check_imputer_ready(config)  # before any work: a missing model is a one-line error
+    check_imputer_ready(config)  # before reading data: a missing model is a one-line error
     df = load_bank(args.data_csv, ucimlrepo=args.ucimlrepo)
     source = (
         "ucimlrepo id 222" if args.ucimlrepo else str(args.data_csv or data_root() / "bank" / "bank-full.csv")
     )
-    return impute_dataset(
-        df,
-        config,
-        dataset=bank.NAME,
-        public=bank.PUBLIC,
-        sensitive=bank.SENSITIVE,
-        categorical=bank.CATEGORICAL,
-        source=source,
-    )
+    return impute_dataset(df, config, dataset=bank, source=source)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    return run_imputed_tabular(
-        RunConfig.from_args(args),
-        dataset=adult.NAME,
-        public=adult.PUBLIC,
-        sensitive=adult.SENSITIVE,
-        categorical=adult.CATEGORICAL,
-        label=adult.LABEL,
-        bounds=adult.BOUNDS,
-        build_model=adult.build_model,
-    )
+    return run_imputed_tabular(RunConfig.from_args(args), adult)
 
 
 if __name__ == "__main__":

@@ -27,16 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    return run_imputed_tabular(
-        RunConfig.from_args(args),
-        dataset=bank.NAME,
-        public=bank.PUBLIC,
-        sensitive=bank.SENSITIVE,
-        categorical=bank.CATEGORICAL,
-        label=bank.LABEL,
-        bounds=bank.BOUNDS,
-        build_model=bank.build_model,
-    )
+    return run_imputed_tabular(RunConfig.from_args(args), bank)
 
 
 if __name__ == "__main__":

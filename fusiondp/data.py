@@ -50,17 +50,25 @@ def read_csv(path: str | os.PathLike, *, what: str, hint: str = "") -> pd.DataFr
 
 
 def check_columns(
-    df: pd.DataFrame, *, path: str | os.PathLike, required: Sequence[str], ignored: Sequence[str] = ()
+    df: pd.DataFrame,
+    *,
+    path: str | os.PathLike,
+    required: Sequence[str],
+    ignored: Sequence[str] = (),
+    declare_in: str = "the dataset module's IGNORED",
 ) -> None:
-    """Every required column present and no unexpected column (``ignored`` ones are allowed)."""
+    """Every required column present and no unexpected column (``ignored`` ones are allowed).
+
+    ``declare_in`` names where a known, never-a-feature column is declared (for the error).
+    """
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(required)}.")
     extra = [c for c in df.columns if c not in set(required) | set(ignored)]
     if extra:
         raise ValueError(
-            f"{path}: unexpected column(s) {extra}. Remove them, or declare them as ignored in the "
-            "dataset script if they are known and must not be used as features."
+            f"{path}: unexpected column(s) {extra}: neither public, sensitive nor the label. Remove them, "
+            f"or, if they are known and must never be features, list them in {declare_in}."
         )
 
 

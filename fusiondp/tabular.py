@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import torch
@@ -157,36 +158,29 @@ def run_tabular(
     return record
 
 
-def run_imputed_tabular(
-    config: RunConfig,
-    *,
-    dataset: str,
-    public: list[str],
-    sensitive: list[str],
-    categorical: list[str],
-    label: str,
-    bounds: dict[str, tuple[float, float]],
-    build_model: Callable[[int], nn.Module],
-) -> dict:
+def run_imputed_tabular(config: RunConfig, dataset: ModuleType) -> dict:
     """Train on the splits an ``impute_<dataset>.py`` wrote to ``--data_dir`` and record the run.
 
-    The support set is public: it scales the original view (``--scaling support``) and joins the
-    hybrid rows in fitting vocabularies and public columns' scales. The record names the imputer
-    that made the hybrid file (and whether it deviates from the paper).
+    ``dataset`` is the dataset's module (``fusiondp.datasets.<name>``): its columns, label, public
+    ``BOUNDS`` and ``build_model`` are all a run needs from it. The support set is public: it scales
+    the original view (``--scaling support``) and joins the hybrid rows in fitting vocabularies and
+    public columns' scales. The record names the imputer that made the hybrid file (and whether it
+    deviates from the paper).
     """
     data_dir = Path(config.extra("data_dir"))
-    frames = load_imputed_splits(data_dir, dataset=dataset, public=public, sensitive=sensitive, label=label)
+    name, public, sensitive, label = dataset.NAME, dataset.PUBLIC, dataset.SENSITIVE, dataset.LABEL
+    frames = load_imputed_splits(data_dir, dataset=name, public=public, sensitive=sensitive, label=label)
     return run_tabular(
         config,
-        dataset=dataset,
+        dataset=name,
         frames=frames,
         public=public,
         sensitive=sensitive,
-        categorical=categorical,
+        categorical=dataset.CATEGORICAL,
         label=label,
-        bounds=bounds,
-        support_where=str(data_dir / f"{dataset}_support.csv"),
-        build_model=build_model,
+        bounds=dataset.BOUNDS,
+        support_where=str(data_dir / f"{name}_support.csv"),
+        build_model=dataset.build_model,
         extra_record={
             "data_dir": str(config.extra("data_dir")),
             **imputer_provenance(data_dir),

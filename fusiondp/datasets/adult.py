@@ -24,6 +24,8 @@ PUBLIC = ["workclass", "fnlwgt", "education", "education-num", "occupation", "re
 CATEGORICAL = ["workclass", "education", "marital-status", "occupation", "relationship", "race", "sex",
                "native-country"]  # fmt: skip
 LABEL = "income"
+IGNORED: list[str] = []
+"""Raw columns that are never features (none: every column is public, sensitive or the label)."""
 SPLITS = {"support": 512, "train": 40_000, "val": 4_000, "test": 4_000}
 """impute_adult.py's disjoint splits (seed 66), in rows, drawn from both files together."""
 BOUNDS = {"age": (16.0, 100.0)}  # public domain knowledge (working-age census respondents), for --scaling dp

@@ -17,6 +17,8 @@ PUBLIC = ["default", "balance", "loan", "contact", "day", "month", "duration", "
           "poutcome"]  # fmt: skip
 CATEGORICAL = ["job", "marital", "education", "housing", "default", "loan", "contact", "month", "poutcome"]
 LABEL = "y"
+IGNORED: list[str] = []
+"""Raw columns that are never features (none: every column is public, sensitive or the label)."""
 SPLITS = {"support": 512, "train": 30_000, "val": 5_000, "test": 5_000}
 """impute_bank.py's disjoint splits (seed 66), in rows."""
 BOUNDS = {"age": (17.0, 100.0)}  # public domain knowledge (bank clients' ages), for --scaling dp
