@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from fusiondp.cli import add_imputer_args, run_main
-from fusiondp.config import ImputeConfig
-from fusiondp.data import check_columns
 from fusiondp.datasets import adult
 from fusiondp.datasets.adult import COLUMNS, LABEL
-from fusiondp.impute import check_imputer_ready, impute_dataset
+from fusiondp.experiment.cli import run_main
+from fusiondp.experiment.config import ImputeConfig
+from fusiondp.tabular.data import check_columns
+from fusiondp.tabular.impute import add_imputer_args, check_imputer_ready, impute_dataset
 
 
 def get_args_parser() -> argparse.ArgumentParser:

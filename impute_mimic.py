@@ -15,10 +15,10 @@ test → test. MIMIC has no public support set: ``mimic_support.csv`` is written
 out of val into support.
 
 Only the training notes are rewritten. Spans are found (``--detector``), each occurrence judged in its
-own context (fusiondp/spans.py). Each span of an LM type is masked, and ``--lm`` writes a replacement
+own context (fusiondp/text/spans.py). Each span of an LM type is masked, and ``--lm`` writes a replacement
 from the masked context. Sex, pronoun and ethnicity spans get value-independent neutral words. The
 hybrid notes and imputation_info.json read no original span value: an infill equal to the original
-is kept, not flagged or counted (fusiondp/infill.py states the privacy contract).
+is kept, not flagged or counted (fusiondp/text/infill.py states the privacy contract).
 ``--propagate_model_spans`` (off by default, recorded) masks every repeat of a string that the model
 detector found once. That masking depends on the value being a span elsewhere in the note, so it is
 outside the guarantee.
@@ -43,8 +43,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusiondp.cli import resolve_device, run_main
-from fusiondp.data import IMPUTATION_INFO, check_disjoint, output_files, split_indices, write_csv
 from fusiondp.datasets.mimic import (
     COLUMNS,
     NAMES,
@@ -55,8 +53,10 @@ from fusiondp.datasets.mimic import (
     load_standin,
     standin_dir,
 )
-from fusiondp.infill import NEUTRAL_TYPES, NO_LM, SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
-from fusiondp.spans import DETECTORS, HFSpanDetector, detect_spans
+from fusiondp.experiment.cli import resolve_device, run_main
+from fusiondp.tabular.data import IMPUTATION_INFO, check_disjoint, output_files, split_indices, write_csv
+from fusiondp.text.infill import NEUTRAL_TYPES, NO_LM, SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
+from fusiondp.text.spans import DETECTORS, HFSpanDetector, detect_spans
 
 SPAN_COLUMNS = ["row_id", "start", "end", "type", "text", "replacement", "source"]
 

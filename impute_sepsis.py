@@ -9,7 +9,7 @@ Sensitive: Age, Gender, Unit1, Unit2, HospAdmTime, ICULOS; public: the 30 vitals
 SepsisLabel. ``ICULOS_bin`` (a binned copy of ICULOS in the release) is dropped everywhere: never an
 imputer input, never written. Age, HospAdmTime and ICULOS are imputed by a blend of a regressor and a
 classifier over --n_bins quantile bins: w * regressor + (1 - w) * expected bin centre, w =
---blend_weight (fusiondp.impute.BinBlendRegressor); Gender, Unit1, Unit2 by a classifier.
+--blend_weight (fusiondp.tabular.impute.BinBlendRegressor); Gender, Unit1, Unit2 by a classifier.
 
 Released input (default, --released_dir, default $FUSIONDP_DATA/sepsis): the authors' train_ori.csv,
 val.csv, test.csv. No public support set ships with it, so --support_rows (512) rows of train_ori.csv,
@@ -47,17 +47,6 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from fusiondp.cli import add_imputer_args, run_main
-from fusiondp.config import ImputeConfig
-from fusiondp.data import (
-    check_aligned,
-    check_binary_label,
-    check_columns,
-    check_disjoint,
-    data_root,
-    read_csv,
-    write_csv,
-)
 from fusiondp.datasets.sepsis import (
     CLASS_IMPUTED,
     LABEL,
@@ -70,7 +59,18 @@ from fusiondp.datasets.sepsis import (
     support_split,
 )
 from fusiondp.datasets.sepsis import FILES as RELEASE_FILES
-from fusiondp.impute import check_imputer_ready, impute_splits
+from fusiondp.experiment.cli import run_main
+from fusiondp.experiment.config import ImputeConfig
+from fusiondp.tabular.data import (
+    check_aligned,
+    check_binary_label,
+    check_columns,
+    check_disjoint,
+    data_root,
+    read_csv,
+    write_csv,
+)
+from fusiondp.tabular.impute import add_imputer_args, check_imputer_ready, impute_splits
 
 BLENDED = ["Age", "HospAdmTime", "ICULOS"]
 STATIC = ["Age", "Gender", "Unit1", "Unit2", "HospAdmTime"]

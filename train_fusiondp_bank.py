@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 
-from fusiondp.cli import run_main
-from fusiondp.config import RunConfig
 from fusiondp.datasets import bank, training_parser
-from fusiondp.tabular import run_imputed_tabular
+from fusiondp.experiment.cli import run_main
+from fusiondp.experiment.config import RunConfig
+from fusiondp.tabular.runner import run_imputed_tabular
 
 
 def get_args_parser() -> argparse.ArgumentParser:

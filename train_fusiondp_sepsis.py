@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 
-from fusiondp.cli import run_main
-from fusiondp.config import RunConfig
-from fusiondp.data import data_root
 from fusiondp.datasets import sepsis, training_parser
-from fusiondp.tabular import run_tabular
+from fusiondp.experiment.cli import run_main
+from fusiondp.experiment.config import RunConfig
+from fusiondp.tabular.data import data_root
+from fusiondp.tabular.runner import run_tabular
 
 
 def get_args_parser() -> argparse.ArgumentParser:

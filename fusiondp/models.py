@@ -76,7 +76,7 @@ class LabelwiseLinear(nn.Linear):
 
     An nn.Linear(F, K) in its parameters and initialisation (so seeded models are unchanged), applied
     label by label rather than as a matrix product: CAML's output layer. A module of its own so that
-    the per-example clipping of fusiondp.clipping sees its inputs (it has a rule for this type).
+    the per-example clipping of fusiondp.mechanism.clipping sees its inputs (it has a rule for this type).
     """
 
     def forward(self, x: Tensor) -> Tensor:

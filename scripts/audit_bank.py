@@ -17,10 +17,10 @@ import argparse
 from audit_common import add_audit_args, run_audit_script  # scripts/audit_common.py
 
 from fusiondp.audit import TabularTask
-from fusiondp.cli import run_main
-from fusiondp.data import imputer_provenance, load_imputed_splits
 from fusiondp.datasets import bank, training_parser
 from fusiondp.datasets.bank import CATEGORICAL, LABEL, PUBLIC, SENSITIVE
+from fusiondp.experiment.cli import run_main
+from fusiondp.tabular.data import imputer_provenance, load_imputed_splits
 
 
 def get_args_parser() -> argparse.ArgumentParser:

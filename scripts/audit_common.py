@@ -16,9 +16,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fusiondp.audit import STATISTICS, TabularTask, audit_once
-from fusiondp.config import RunConfig
-from fusiondp.modes import get_mode
-from fusiondp.results import append_record, load_records
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.results import append_record, load_records
+from fusiondp.mechanism.modes import get_mode
 
 
 def audit_rows(records: Sequence[dict]) -> list[dict]:

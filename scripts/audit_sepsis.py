@@ -16,9 +16,9 @@ import argparse
 from audit_common import add_audit_args, run_audit_script  # scripts/audit_common.py
 
 from fusiondp.audit import TabularTask
-from fusiondp.cli import run_main
-from fusiondp.data import data_root
 from fusiondp.datasets import sepsis, training_parser
+from fusiondp.experiment.cli import run_main
+from fusiondp.tabular.data import data_root
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ import argparse
 import numpy as np
 
 from fusiondp.audit import CORRECT, NO_CLIPPING, NO_NOISE, step_canary_audit
-from fusiondp.cli import run_main
-from fusiondp.privacy import ACCOUNTANTS, make_privacy_spec
+from fusiondp.experiment.cli import run_main
+from fusiondp.mechanism.accounting import ACCOUNTANTS, make_privacy_spec
 
 VARIANTS = (CORRECT, NO_NOISE, NO_CLIPPING)
 

@@ -8,10 +8,10 @@ gradients, clipping to C, the sum, Gaussian noise at σ) on one batch of ``--bat
 CAML model shaped like the MIMIC one (``--vocab`` random frozen embeddings of ``--dim`` 100,
 ``--filters`` 50, kernel 10, ``--labels`` 50). Methods (``--methods``) on the SAME model and batch:
 
-- ``bookkeeping``: :func:`fusiondp.step.private_gradient` as training runs it (fusiondp/clipping.py);
+- ``bookkeeping``: :func:`fusiondp.mechanism.step.private_gradient` as training runs it (fusiondp/mechanism/clipping.py);
 - ``vmap``: the same with the torch.func reference (vmap over grad);
 - ``loop``: one forward over both views and one ``autograd.grad`` per note (what the authors' code
-  does), each gradient clipped with the package's :func:`fusiondp.step.clip_and_accumulate`;
+  does), each gradient clipped with the package's :func:`fusiondp.mechanism.step.clip_and_accumulate`;
 - ``plain``: one backward of the same two-view loss, no clipping or noise (the floor of the private step);
 - ``sgd``: an ordinary SGD gradient, one view, mean loss.
 
@@ -36,11 +36,10 @@ from pathlib import Path
 
 import torch
 
-from fusiondp.benchmark import cpu_model, peak_rss_mb
-from fusiondp.models import CAML, multilabel_bce
-from fusiondp.regularizer import consistency_penalty
-from fusiondp.results import command_line, git_commit
-from fusiondp.step import (
+from fusiondp.experiment.benchmark import cpu_model, peak_rss_mb
+from fusiondp.experiment.records import command_line, git_commit
+from fusiondp.mechanism.regularizer import consistency_penalty
+from fusiondp.mechanism.step import (
     Grads,
     StepConfig,
     clip_and_accumulate,
@@ -48,6 +47,7 @@ from fusiondp.step import (
     stacked_views,
     trainable_params,
 )
+from fusiondp.models import CAML, multilabel_bce
 
 METHODS = {
     "bookkeeping": "private step: book-keeping clipped sum + noise (what training runs)",

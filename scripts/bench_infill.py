@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusiondp.cli import run_main
-from fusiondp.data import data_root
-from fusiondp.infill import SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
-from fusiondp.spans import detect_spans
+from fusiondp.experiment.cli import run_main
+from fusiondp.tabular.data import data_root
+from fusiondp.text.infill import SMOLLM2, CausalLMInfiller, infill_notes, load_causal_lm
+from fusiondp.text.spans import detect_spans
 
 GENERIC = {"age", "sex", "pronoun"}
 

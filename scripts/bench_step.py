@@ -53,16 +53,16 @@ from pathlib import Path
 
 import torch
 
-from fusiondp.benchmark import PEAK_RSS_WRAPPER, machine_info, time_calls
-from fusiondp.config import RunConfig
-from fusiondp.data import data_root
 from fusiondp.datasets import sepsis, training_parser
-from fusiondp.models import binary_bce
-from fusiondp.modes import MODES
-from fusiondp.regularizer import estimate_c_h_public
-from fusiondp.results import append_record, command_line, git_commit, load_records
-from fusiondp.scaling import column_statistics
-from fusiondp.step import (
+from fusiondp.experiment.benchmark import PEAK_RSS_WRAPPER, machine_info, time_calls
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.plan import privacy_spec_for, step_config_for
+from fusiondp.experiment.records import command_line, git_commit
+from fusiondp.experiment.results import append_record, load_records
+from fusiondp.mechanism.modes import MODES
+from fusiondp.mechanism.regularizer import estimate_c_h_public
+from fusiondp.mechanism.scaling import column_statistics
+from fusiondp.mechanism.step import (
     Grads,
     clipped_private_sum,
     fusion_step,
@@ -72,7 +72,8 @@ from fusiondp.step import (
     stacked_views,
     trainable_params,
 )
-from fusiondp.train import privacy_spec_for, step_config_for
+from fusiondp.models import binary_bce
+from fusiondp.tabular.data import data_root
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO / "train_fusiondp_sepsis.py"

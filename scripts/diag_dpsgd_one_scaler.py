@@ -17,12 +17,12 @@ import json
 
 import pandas as pd
 
-from fusiondp.config import RunConfig
-from fusiondp.data import data_root
 from fusiondp.datasets import sepsis, training_parser
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.run import run_experiment
+from fusiondp.mechanism.scaling import column_statistics
 from fusiondp.models import binary_bce
-from fusiondp.scaling import column_statistics
-from fusiondp.train import run_experiment
+from fusiondp.tabular.data import data_root
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fusiondp.data import read_csv
-from fusiondp.impute import imputation_quality
+from fusiondp.tabular.data import read_csv
+from fusiondp.tabular.impute import imputation_quality
 
 PRIVATE_WARNING = (
     "NOTE: if these are training rows, this is a PRIVATE evaluation (a function of their sensitive "

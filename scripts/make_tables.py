@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fusiondp.modes import MODES
-from fusiondp.results import EXPERIMENT_MODE, flags_to_conditions, load_records
+from fusiondp.experiment.records import EXPERIMENT_MODE
+from fusiondp.experiment.results import flags_to_conditions, load_records
+from fusiondp.mechanism.modes import MODES
 
 DEFAULT_METRICS = ["test_aupr", "test_auroc", "test_f1", "test_acc"]
 

@@ -31,10 +31,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from fusiondp.cli import run_main
-from fusiondp.impute import QUALITY_ROWS
-from fusiondp.privacy import REPLACE_ONE, ZERO_OUT, feature_epsilons, make_privacy_spec, num_steps
-from fusiondp.results import flags_to_conditions, load_records
+from fusiondp.experiment.cli import run_main
+from fusiondp.experiment.results import flags_to_conditions, load_records
+from fusiondp.mechanism.accounting import (
+    REPLACE_ONE,
+    ZERO_OUT,
+    feature_epsilons,
+    make_privacy_spec,
+    num_steps,
+)
+from fusiondp.tabular.impute import QUALITY_ROWS
 
 SEEDED_REASON = "sampler and noise seeded from a recorded seed (experiment mode)"
 PRIVATE_SCALING_REASON = (
@@ -94,7 +100,7 @@ def imputation_summary(record: dict) -> tuple[str, pd.DataFrame | None]:
     """(where the numbers come from, per-column imputation quality on held-out rows) for the record.
 
     Reads only ``imputation_metrics.csv`` in the record's data_dir, and only its held-out rows
-    (:data:`fusiondp.impute.QUALITY_ROWS`); a file that was (or may have been) measured on training
+    (:data:`fusiondp.tabular.impute.QUALITY_ROWS`); a file that was (or may have been) measured on training
     rows is refused with the reason. Never reads training files.
     """
     if not record.get("data_dir"):

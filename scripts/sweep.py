@@ -65,7 +65,7 @@ except ModuleNotFoundError:  # run by an interpreter without the package: say so
     ) from None
 
 from fusiondp.datasets import DATASETS, train_script_name
-from fusiondp.launch import (
+from fusiondp.experiment.launch import (
     LAUNCHERS,
     Outcome,
     Progress,
@@ -153,7 +153,7 @@ def plan_runs(args: argparse.Namespace) -> list[Run]:
 
 
 def is_folder(results: str) -> bool:
-    from fusiondp.results import is_results_dir
+    from fusiondp.experiment.results import is_results_dir
 
     return is_results_dir(results)
 
@@ -182,7 +182,8 @@ def finished(runs: Sequence[Run], results: str) -> set[str]:
     resolves settings only after parsing (the notes script's δ), nothing is found here and the run
     itself skips at once.
     """
-    from fusiondp.results import OUTPUT_ONLY_FLAGS, load_records, run_settings, settings_digest
+    from fusiondp.experiment.config import run_settings
+    from fusiondp.experiment.results import OUTPUT_ONLY_FLAGS, load_records, settings_digest
 
     if not runs or not Path(results).exists():
         return set()
@@ -329,7 +330,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def print_table(args: argparse.Namespace) -> bool:
     """The mean ± std table of the results (stdout); False when there is nothing to tabulate."""
-    from fusiondp.results import load_records
+    from fusiondp.experiment.results import load_records
 
     results = Path(args.results)
     if not results.exists() or not load_records(results):

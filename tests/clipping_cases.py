@@ -1,7 +1,7 @@
 """Shared cases for the book-keeping red-team tests: oracle, clipped sums, and models that break it.
 
 The models here are deliberately NOT registered as row-wise: each breaks one condition book-keeping
-needs (see fusiondp.clipping.ROW_WISE_MODELS). Imported by tests/test_clipping_holes.py and
+needs (see fusiondp.mechanism.clipping.ROW_WISE_MODELS). Imported by tests/test_clipping_holes.py and
 tests/test_clipping_redteam.py.
 """
 
@@ -10,14 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusiondp.models import binary_bce
-from fusiondp.regularizer import consistency_penalty
-from fusiondp.step import (
+from fusiondp.mechanism.regularizer import consistency_penalty
+from fusiondp.mechanism.step import (
     StepConfig,
     per_example_method,
     private_gradient,
     trainable_params,
 )
+from fusiondp.models import binary_bce
 
 C_H = 0.3
 

@@ -143,9 +143,9 @@ def tiny_tabpfn_checkpoints(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibrate_once():
     """σ calibration is the slow part of a tiny run (seconds each); within a module, each setting once."""
-    import fusiondp.train
+    import fusiondp.experiment.plan
 
-    real = fusiondp.train.make_privacy_spec
-    fusiondp.train.make_privacy_spec = functools.cache(real)
+    real = fusiondp.experiment.plan.make_privacy_spec
+    fusiondp.experiment.plan.make_privacy_spec = functools.cache(real)
     yield
-    fusiondp.train.make_privacy_spec = real
+    fusiondp.experiment.plan.make_privacy_spec = real

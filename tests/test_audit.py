@@ -24,10 +24,10 @@ from fusiondp.audit import (
     plant_canaries,
     step_canary_audit,
 )
-from fusiondp.config import RunConfig
 from fusiondp.datasets import training_parser
 from fusiondp.datasets.sepsis import build_model as sepsis_mlp
-from fusiondp.privacy import epsilon_spent
+from fusiondp.experiment.config import RunConfig
+from fusiondp.mechanism.accounting import epsilon_spent
 
 
 def test_p_value_is_the_binomial_tail_without_delta():

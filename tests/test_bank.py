@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from conftest import load_script
 
-from fusiondp.data import split_indices
 from fusiondp.datasets import bank
-from fusiondp.results import load_records
+from fusiondp.experiment.results import load_records
+from fusiondp.tabular.data import split_indices
 
 SIZES = ["64", "300", "80", "80"]
 
@@ -149,8 +149,8 @@ def test_missing_weights_fail_before_work(tmp_path):
 
 def test_scrambling_original_sensitive_values_changes_no_public_input(tmp_path):
     # Vocabularies, caps and scalers come from hybrid + support rows: the originals must not matter.
-    from fusiondp.data import load_imputed_splits, prepare_tabular
-    from fusiondp.scaling import support_statistics
+    from fusiondp.mechanism.scaling import support_statistics
+    from fusiondp.tabular.data import load_imputed_splits, prepare_tabular
 
     csv = tmp_path / "bank.csv"
     _bank_table().to_csv(csv, index=False)

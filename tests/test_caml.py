@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import load_script
 
+from fusiondp.mechanism.step import StepConfig, per_example_gradients, private_gradient, trainable_params
 from fusiondp.models import CAML, multilabel_bce
-from fusiondp.step import StepConfig, per_example_gradients, private_gradient, trainable_params
 
 bench_caml_step = load_script("scripts.bench_caml_step")
 loop_private_sum, make_problem = bench_caml_step.loop_private_sum, bench_caml_step.make_problem

@@ -16,7 +16,7 @@ def _run(*cmd: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_impute_without_tabpfn_weights_fails_in_one_line_before_any_work(tmp_path):
-    from fusiondp.impute import tabpfn_weights_problem
+    from fusiondp.tabular.impute import tabpfn_weights_problem
 
     if tabpfn_weights_problem({}, needed=["classifier", "regressor"]) is None:
         pytest.skip("TabPFN weights are cached on this machine: the default imputer would run")
@@ -95,7 +95,7 @@ def test_the_shell_wrappers_run_the_interpreter_they_are_given(tmp_path, sepsis_
 def test_a_default_naming_no_flag_is_an_error():
     import argparse
 
-    from fusiondp.cli import add_training_args
+    from fusiondp.experiment.cli import add_training_args
 
     with pytest.raises(ValueError, match="max_grad_nrom"):
         add_training_args(argparse.ArgumentParser(), max_grad_nrom=1.8)
@@ -106,9 +106,8 @@ def test_a_default_naming_no_flag_is_an_error():
 def test_the_run_config_keeps_the_settings_of_the_command_line():
     import argparse
 
-    from fusiondp.cli import add_training_args
-    from fusiondp.config import RunConfig
-    from fusiondp.results import run_settings
+    from fusiondp.experiment.cli import add_training_args
+    from fusiondp.experiment.config import RunConfig, run_settings
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data_dir", default=None)
@@ -125,9 +124,9 @@ def test_the_run_config_keeps_the_settings_of_the_command_line():
 
 
 def test_beta_is_the_mixing_weight_only_without_mix_weight():
-    from fusiondp.config import RunConfig
-    from fusiondp.modes import get_mode
-    from fusiondp.train import step_config_for
+    from fusiondp.experiment.config import RunConfig
+    from fusiondp.experiment.plan import step_config_for
+    from fusiondp.mechanism.modes import get_mode
 
     naive = get_mode("naive_fusion")
     reference = RunConfig(mode="naive_fusion", beta=0.25)

@@ -1,4 +1,4 @@
-"""Book-keeping per-example clipping (fusiondp.clipping) against a per-example loop and the vmap reference."""
+"""Book-keeping per-example clipping (fusiondp.mechanism.clipping) against a per-example loop and the vmap reference."""
 
 from dataclasses import replace
 
@@ -7,10 +7,16 @@ import torch
 from clipping_cases import Reused
 from torch import nn
 
-from fusiondp import clipping
+from fusiondp.mechanism import clipping
+from fusiondp.mechanism.regularizer import consistency_penalty
+from fusiondp.mechanism.step import (
+    StepConfig,
+    fusion_step,
+    per_example_method,
+    private_gradient,
+    trainable_params,
+)
 from fusiondp.models import CAML, MLP, binary_bce, multilabel_bce
-from fusiondp.regularizer import consistency_penalty
-from fusiondp.step import StepConfig, fusion_step, per_example_method, private_gradient, trainable_params
 
 C_H = 0.3
 

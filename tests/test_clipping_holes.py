@@ -30,7 +30,7 @@ from clipping_cases import (
 )
 from torch import nn
 
-from fusiondp.clipping import unsupported_reason
+from fusiondp.mechanism.clipping import unsupported_reason
 
 # --------------------------------------------------------------------------------------------------
 # holes found by the red-team review, each now closed (the test names say what the hole was)

@@ -22,8 +22,8 @@ from clipping_cases import (
 )
 from torch import nn
 
-from fusiondp import clipping
-from fusiondp.clipping import clipped_sum, unsupported_reason
+from fusiondp.mechanism import clipping
+from fusiondp.mechanism.clipping import clipped_sum, unsupported_reason
 from fusiondp.models import CAML, MLP, multilabel_bce
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, load_script, sepsis_args, write_sepsis_dir
 
-from fusiondp.data import TabularPreprocessor
-from fusiondp.modes import get_mode
+from fusiondp.mechanism.modes import get_mode
+from fusiondp.tabular.data import TabularPreprocessor
 
 sepsis_script = load_script("train_fusiondp_sepsis")
 

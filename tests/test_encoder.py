@@ -15,9 +15,11 @@ from conftest import load_script
 from test_text_data import make_note_frames, write_notes_dir
 from torch import nn
 
-from fusiondp import step
 from fusiondp.datasets import mimic as mimic_facts
-from fusiondp.encoder import (
+from fusiondp.mechanism import step
+from fusiondp.mechanism.modes import get_mode
+from fusiondp.models import ViewSharedDropout
+from fusiondp.text.encoder import (
     CACHE_FOLDER,
     EmbeddingCache,
     EncoderHead,
@@ -26,8 +28,6 @@ from fusiondp.encoder import (
     note_key,
     resolve_encoder,
 )
-from fusiondp.models import ViewSharedDropout
-from fusiondp.modes import get_mode
 
 pytest.importorskip("transformers")
 
@@ -44,7 +44,7 @@ def tiny_encoder(tmp_path_factory):
     """A randomly initialised 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from fusiondp.text_data import minilm_folder
+    from fusiondp.text.data import minilm_folder
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)
@@ -289,9 +289,9 @@ def test_the_cache_lives_with_the_data_and_stays_out_of_the_record(tiny_encoder,
         assert key not in text and key[:12] not in text
     assert "original.pt" not in text and "span_counts" not in text
     # Cached: a second run loads no encoder and gives the same model.
-    import fusiondp.encoder
+    import fusiondp.text.encoder
 
-    monkeypatch.setattr(fusiondp.encoder, "FrozenEncoder", lambda *a, **k: pytest.fail("encoder loaded"))
+    monkeypatch.setattr(fusiondp.text.encoder, "FrozenEncoder", lambda *a, **k: pytest.fail("encoder loaded"))
     again = _run(folder, tiny_encoder, "fusiondp")
     assert _metrics(again) == _metrics(record)
 
@@ -342,12 +342,12 @@ def test_head_is_built_from_the_supported_modules_and_shares_dropout_across_view
 
 @pytest.mark.parametrize("private_loss,reg_weight,dropout", [("full", 0.0, 0.0), ("difference", 0.7, 0.4)])
 def test_bookkeeping_clipping_matches_the_vmap_reference_for_the_head(private_loss, reg_weight, dropout):
-    """The oracle test for the fast per-example path (fusiondp.clipping) on EncoderHead, float64: the
+    """The oracle test for the fast per-example path (fusiondp.mechanism.clipping) on EncoderHead, float64: the
     clipped sum and the norms equal the vmap reference, dropout masks and a zero-out row included."""
     from dataclasses import replace
 
-    from fusiondp import clipping
-    from fusiondp.step import StepConfig, private_gradient
+    from fusiondp.mechanism import clipping
+    from fusiondp.mechanism.step import StepConfig, private_gradient
 
     assert clipping.unsupported_reason(EncoderHead(6, 3)) is None
     torch.manual_seed(0)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusiondp.data import check_disjoint, split_indices
-from fusiondp.impute import (
+from fusiondp.tabular.data import check_disjoint, split_indices
+from fusiondp.tabular.impute import (
     BinBlendRegressor,
     ImputeConfig,
     SensitiveImputer,
@@ -224,7 +224,7 @@ def test_early_stopping_split_rule_is_exactly_scikit_learns():
 
     from sklearn.model_selection import train_test_split
 
-    from fusiondp.impute import HGB_VALIDATION_FRACTION, early_stopping_split_problem
+    from fusiondp.tabular.impute import HGB_VALIDATION_FRACTION, early_stopping_split_problem
 
     cases = [c for k in (1, 2, 3) for c in itertools.product((1, 2, 3, 4, 7), repeat=k)]
     cases += [(2,) * 10, (3,) * 10, (4,) * 10, (5,) * 10, (2,) * 5 + (1,), (40, 1, 1), (500, 11, 1)]
@@ -353,9 +353,11 @@ def test_a_failing_column_fit_names_the_column_and_its_rarest_categories(monkeyp
         "imputing sensitive column 'job' (hgb, 0 support rows with a value): Found array with 0 sample(s)"
     )
     # Were the rule to miss a case, scikit-learn's error (encoded classes, no column) is named too.
-    import fusiondp.impute
+    import fusiondp.tabular.impute
 
-    monkeypatch.setattr(fusiondp.impute, "early_stopping_split_problem", lambda labels, **kw: ({}, None))
+    monkeypatch.setattr(
+        fusiondp.tabular.impute, "early_stopping_split_problem", lambda labels, **kw: ({}, None)
+    )
     support.loc[3, "job"] = "rare"
     n_known = int(support["job"].notna().sum())
     with pytest.raises(ValueError) as failure:

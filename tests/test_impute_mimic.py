@@ -10,7 +10,7 @@ from conftest import load_script
 from test_infill import assert_no_original, tiny_llama_dir
 
 from fusiondp.datasets.mimic import load_caml
-from fusiondp.spans import detect_spans
+from fusiondp.text.spans import detect_spans
 
 ABSTRACTS = [
     "A {age}-year-old man with chest pain was admitted on March {day}, 1989. He had no fever.",

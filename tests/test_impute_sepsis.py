@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
 
-from fusiondp.data import split_indices
 from fusiondp.datasets import sepsis
+from fusiondp.tabular.data import split_indices
 
 # PhysioNet 2019's header: 34 vitals/labs (4 of them not in the release), 6 demographics, the label.
 PSV_COLUMNS = ("HR|O2Sat|Temp|SBP|MAP|DBP|Resp|EtCO2|BaseExcess|HCO3|FiO2|pH|PaCO2|SaO2|AST|BUN|Alkalinephos|"

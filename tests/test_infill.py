@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fusiondp.data import data_root
-from fusiondp.infill import (
+from fusiondp.tabular.data import data_root
+from fusiondp.text.infill import (
     CausalLMInfiller,
     build_prompt,
     clean_completion,
@@ -21,7 +21,7 @@ from fusiondp.infill import (
     neutral_replacement,
     placeholder,
 )
-from fusiondp.spans import SPAN_TYPES, Span, detect_spans
+from fusiondp.text.spans import SPAN_TYPES, Span, detect_spans
 
 CORPUS = data_root() / "medical_abstracts" / "medical_tc_test.csv"
 # Strings the corpus really contains as spans: a generator answering with them collides with originals.
@@ -240,7 +240,7 @@ def test_clean_completion(text, value, reason):
 
 
 def test_foreign_spans_are_judged_from_the_infill_alone():
-    from fusiondp.infill import foreign_spans
+    from fusiondp.text.infill import foreign_spans
 
     assert [x.type for x in foreign_spans("45-year-old woman", "age")] == ["sex"]
     assert [x.type for x in foreign_spans("White", "date")] == ["ethnicity"]
@@ -267,7 +267,7 @@ def tiny_llama_dir() -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from fusiondp.infill import smollm2_gguf
+    from fusiondp.text.infill import smollm2_gguf
 
     try:
         gguf_dir, name = smollm2_gguf()
@@ -288,7 +288,7 @@ def tiny_llama_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    from fusiondp.infill import load_causal_lm
+    from fusiondp.text.infill import load_causal_lm
 
     return load_causal_lm(str(tiny_llama_dir()))
 
@@ -334,7 +334,7 @@ def test_infill_pipeline_end_to_end_with_a_tiny_llama(tiny_lm, tmp_path):
 
 
 def test_smollm2_is_located_without_importing_the_wheel():
-    from fusiondp.infill import smollm2_gguf
+    from fusiondp.text.infill import smollm2_gguf
 
     try:
         folder, name = smollm2_gguf()
@@ -348,7 +348,7 @@ def test_smollm2_is_located_without_importing_the_wheel():
     not os.environ.get("FUSIONDP_REAL_LM"), reason="set FUSIONDP_REAL_LM=1 (loads SmolLM2, ~25 s)"
 )
 def test_real_smollm2_on_three_notes():
-    from fusiondp.infill import SMOLLM2, load_causal_lm
+    from fusiondp.text.infill import SMOLLM2, load_causal_lm
 
     model, tok, model_id = load_causal_lm(SMOLLM2)
     infiller = CausalLMInfiller(model=model, tokenizer=tok, model_id=model_id, progress=False)

@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import load_script, sepsis_args, write_sepsis_dir
 
-from fusiondp.data import prepare_tabular, zero_out_values
 from fusiondp.datasets import sepsis
+from fusiondp.experiment.loop import train
+from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.scaling import column_statistics
+from fusiondp.mechanism.step import StepConfig
 from fusiondp.models import binary_bce
-from fusiondp.modes import get_mode
-from fusiondp.scaling import column_statistics
-from fusiondp.step import StepConfig
-from fusiondp.train import train
+from fusiondp.tabular.data import prepare_tabular, zero_out_values
 
 sepsis_script = load_script("train_fusiondp_sepsis")
 
@@ -148,11 +148,11 @@ def test_zero_out_neighbour_contributes_exactly_zero_through_the_pipeline(sepsis
     # Build the neighbour exactly as the split modes' guarantee states it: every row's sensitive values
     # replaced by its zero-out values (the imputations carried onto the original view's scale). Plain
     # imputed values are NOT that neighbour under per-view scaling (red-team review).
-    from fusiondp.modes import MODES
-    from fusiondp.step import per_example_gradients
+    from fusiondp.mechanism.modes import MODES
+    from fusiondp.mechanism.step import per_example_gradients
 
     for name in ("calibrated_fusion", "fusiondp"):
-        assert "fusiondp.data.zero_out_values" in MODES[name].guarantee
+        assert "fusiondp.tabular.data.zero_out_values" in MODES[name].guarantee
     frames = dict(sepsis_frames)
     original = frames["original"].copy()
     matched = zero_out_values(

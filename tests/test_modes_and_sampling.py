@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fusiondp.modes import HYBRID, MODES, NOISE, ORIGINAL
-from fusiondp.train import BatchSampler, epoch_boundaries
+from fusiondp.experiment.loop import BatchSampler, epoch_boundaries
+from fusiondp.mechanism.modes import HYBRID, MODES, NOISE, ORIGINAL
 
 
 def test_mode_table_matches_the_design():

@@ -18,8 +18,8 @@ import pytest
 from conftest import REPO, load_script
 
 from fusiondp import datasets
-from fusiondp.data import split_indices
 from fusiondp.datasets import TABULAR_FACTS
+from fusiondp.tabular.data import split_indices
 
 
 def test_unknown_dataset_names_the_known_ones():
@@ -28,8 +28,8 @@ def test_unknown_dataset_names_the_known_ones():
 
 
 def test_an_unexpected_raw_column_is_named_with_where_to_declare_it(tmp_path):
-    from fusiondp.config import ImputeConfig
-    from fusiondp.impute import impute_dataset
+    from fusiondp.experiment.config import ImputeConfig
+    from fusiondp.tabular.impute import impute_dataset
 
     bank = datasets.dataset_module("bank")
     table = pd.DataFrame(columns=[*bank.PUBLIC, *bank.SENSITIVE, bank.LABEL, "customer_id"])

@@ -17,7 +17,7 @@ from conftest import load_script
 from test_text_data import make_note_frames, write_notes_dir
 
 from fusiondp.datasets import mimic as mimic_facts
-from fusiondp.text_data import minilm_folder, prepare_text, read_label_list
+from fusiondp.text.data import minilm_folder, prepare_text, read_label_list
 
 STAND_IN_LABELS = (
     "condition_label,condition_name\n1,neoplasms\n2,digestive system diseases\n"

@@ -8,7 +8,7 @@ from dp_accounting import dp_event, pld
 from dp_accounting.privacy_accountant import NeighboringRelation
 from opacus.accountants.utils import get_noise_multiplier
 
-from fusiondp.privacy import (
+from fusiondp.mechanism.accounting import (
     ACCOUNTANTS,
     RDP_ORDERS,
     REPLACE_ONE,
@@ -286,7 +286,7 @@ def test_cli_refuses_replace_one_with_rdp(sepsis_dir, capsys, monkeypatch):
             "--no_progress",
         ],
     )
-    from fusiondp.cli import run_main
+    from fusiondp.experiment.cli import run_main
 
     with pytest.raises(SystemExit) as stop:
         run_main(sepsis_script.main, sepsis_script.get_args_parser())

@@ -166,11 +166,13 @@ def test_only_held_out_imputation_quality_is_shown(tmp_path, rows, expected):
 
 
 _ABSENT = object()
-SEEDED = "sampler and noise seeded from a recorded seed (experiment mode)"  # fusiondp.train's reason
+SEEDED = (
+    "sampler and noise seeded from a recorded seed (experiment mode)"  # fusiondp.experiment.loop's reason
+)
 
 
 def _record(**fields) -> dict:
-    """A DP run's record as fusiondp.train writes it (no training needed)."""
+    """A DP run's record as fusiondp.experiment.loop writes it (no training needed)."""
     record = {
         "dataset": "bank",
         "mode": "fusiondp",

@@ -16,11 +16,12 @@ from conftest import load_script, sepsis_args
 
 from fusiondp.audit.controls import CORRECT
 from fusiondp.audit.step_canaries import step_canary_audit
-from fusiondp.config import RunConfig
-from fusiondp.modes import MODES, get_mode
-from fusiondp.privacy import epsilon_spent
-from fusiondp.results import EXPERIMENT_MODE, load_records
-from fusiondp.train import privacy_spec_for, step_config_for
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.plan import privacy_spec_for, step_config_for
+from fusiondp.experiment.records import EXPERIMENT_MODE
+from fusiondp.experiment.results import load_records
+from fusiondp.mechanism.accounting import epsilon_spent
+from fusiondp.mechanism.modes import MODES, get_mode
 
 pytestmark = pytest.mark.usefixtures("calibrate_once")
 
@@ -115,8 +116,8 @@ def test_secure_dp_statistics_of_a_non_dp_mode(sepsis_dir, tmp_path):
 def test_secure_rng_draws_every_secret_seed_from_os_entropy_and_records_none(
     sepsis_dir, tmp_path, monkeypatch
 ):
-    import fusiondp.tabular
-    import fusiondp.train
+    import fusiondp.experiment.plan
+    import fusiondp.tabular.runner
 
     drawn = []
 
@@ -124,8 +125,10 @@ def test_secure_rng_draws_every_secret_seed_from_os_entropy_and_records_none(
         drawn.append(987_654_321_000 + len(drawn))
         return drawn[-1]
 
-    monkeypatch.setattr(fusiondp.train.secrets, "randbits", fake_randbits)
-    assert fusiondp.tabular.secrets is fusiondp.train.secrets  # one module: both draws are patched
+    monkeypatch.setattr(fusiondp.experiment.plan.secrets, "randbits", fake_randbits)
+    assert (
+        fusiondp.tabular.runner.secrets is fusiondp.experiment.plan.secrets
+    )  # one module: both draws are patched
     record = _run(sepsis_dir, tmp_path, "--mode", "fusiondp", "--scaling", "dp", "--secure_rng")
     assert len(drawn) == 3  # DP statistics' noise, the sampler, the step noise
     text = json.dumps(record)
@@ -135,9 +138,11 @@ def test_secure_rng_draws_every_secret_seed_from_os_entropy_and_records_none(
 
 
 def test_seeded_run_draws_nothing_from_os_entropy(sepsis_dir, tmp_path, monkeypatch):
-    import fusiondp.train
+    import fusiondp.experiment.plan
 
-    monkeypatch.setattr(fusiondp.train.secrets, "randbits", lambda k: pytest.fail("seeded run drew a secret"))
+    monkeypatch.setattr(
+        fusiondp.experiment.plan.secrets, "randbits", lambda k: pytest.fail("seeded run drew a secret")
+    )
     record = _run(sepsis_dir, tmp_path, "--mode", "dpsgd")
     assert record["outside_guarantee"] == [EXPERIMENT_MODE] and record["rng"] == "seeded"
 
@@ -195,7 +200,7 @@ def test_dpsgd_never_reads_the_hybrid_rows(sepsis_frames, tmp_path):
 def test_step_audit_of_the_package_step_flags_a_break_inside_the_package(broken, monkeypatch):
     """The named controls are hand-built variants; this breaks the package's OWN step (as the old
     patched controls did) and checks that the CORRECT variant, which training's step is, is caught."""
-    import fusiondp.step as step
+    import fusiondp.mechanism.step as step
 
     if broken == "add_noise":
         monkeypatch.setattr(step, "add_noise", lambda summed, *, std, generator: summed)

@@ -4,14 +4,14 @@ import multiprocessing as mp
 
 import pytest
 
-from fusiondp.results import (
+from fusiondp.experiment.config import run_settings
+from fusiondp.experiment.results import (
     append_record,
     find_run,
     flags_to_conditions,
     is_results_dir,
     load_records,
     record_files,
-    run_settings,
     settings_digest,
 )
 

@@ -8,19 +8,19 @@ import pytest
 import torch
 from conftest import load_script, sepsis_args, write_sepsis_dir
 
-from fusiondp import privacy
-from fusiondp.config import RunConfig
 from fusiondp.datasets import sepsis
-from fusiondp.results import EXPERIMENT_MODE
-from fusiondp.scaling import (
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.plan import private_weight
+from fusiondp.experiment.records import EXPERIMENT_MODE
+from fusiondp.mechanism import accounting as privacy
+from fusiondp.mechanism.scaling import (
     check_bounds_cover_public,
     column_statistics,
     dp_statistics,
     dp_statistics_sensitivity,
     support_statistics,
 )
-from fusiondp.tabular import plan_tabular_scaling
-from fusiondp.train import private_weight
+from fusiondp.tabular.runner import plan_tabular_scaling
 
 sepsis_script = load_script("train_fusiondp_sepsis")
 
@@ -254,7 +254,7 @@ def test_alpha_follows_the_noise():
     spec = lambda sigma: privacy.PrivacySpec(  # noqa: E731
         1.0, 1e-5, 0.01, 100, sigma, "pld", 1.0, "zero-out", 1.0, "pld", 2.0, "pld"
     )
-    from fusiondp.modes import get_mode
+    from fusiondp.mechanism.modes import get_mode
 
     args = RunConfig.from_args(sepsis_args("unused", "--alpha", "3", "--max_private_noise", "3"))
     mode = get_mode("fusiondp")

@@ -8,8 +8,9 @@ import sys
 import pytest
 from conftest import REPO, load_script, sepsis_args
 
-from fusiondp.modes import MODES
-from fusiondp.results import EXPERIMENT_MODE, load_records
+from fusiondp.experiment.records import EXPERIMENT_MODE
+from fusiondp.experiment.results import load_records
+from fusiondp.mechanism.modes import MODES
 
 FLAT_KEYS = (
     "dataset mode epsilon delta seed epochs batch_size lr max_grad_norm alpha beta c_h sigma sample_rate steps "
@@ -66,7 +67,7 @@ def test_evaluation_covers_every_row_and_restores_train_mode():
     import torch
 
     from fusiondp.datasets.sepsis import build_model as sepsis_mlp
-    from fusiondp.metrics import predict_proba
+    from fusiondp.experiment.metrics import predict_proba
 
     model = sepsis_mlp(5)
     model.train()

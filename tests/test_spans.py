@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from fusiondp.spans import Span, detect_spans, propagate, rule_spans
+from fusiondp.text.spans import Span, detect_spans, propagate, rule_spans
 
 
 def found(note: str) -> list[tuple[str, str]]:
@@ -149,7 +149,7 @@ def test_clinical_colour_words_stay_public(note):
 
 @pytest.fixture(scope="module")
 def corpus():
-    from fusiondp.data import data_root
+    from fusiondp.tabular.data import data_root
 
     path = data_root() / "medical_abstracts" / "medical_tc_test.csv"
     if not path.is_file():
@@ -228,7 +228,7 @@ def tiny_token_classifier(tmp_path_factory):
 
 
 def test_hf_detector_runs_the_token_classification_pipeline(tiny_token_classifier):
-    from fusiondp.spans import HFSpanDetector
+    from fusiondp.text.spans import HFSpanDetector
 
     detector = HFSpanDetector(tiny_token_classifier)
     notes = ["Seen on the ward today", "A 45-year-old woman"]

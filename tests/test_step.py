@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from fusiondp.models import MLP, binary_bce
-from fusiondp.regularizer import consistency_penalty
-from fusiondp.step import (
+from fusiondp.mechanism.regularizer import consistency_penalty
+from fusiondp.mechanism.step import (
     StepConfig,
     add_noise,
     clip_and_accumulate,
@@ -14,6 +13,7 @@ from fusiondp.step import (
     private_gradient,
     trainable_params,
 )
+from fusiondp.models import MLP, binary_bce
 
 
 def _model(dtype=torch.float64, dropout=0.0, seed=0):
@@ -210,7 +210,7 @@ def test_step_config_rejects_bad_values():
 
 
 def test_update_is_w_pub_g_pub_plus_w_priv_g_priv_then_sgd():
-    from fusiondp.step import public_gradient
+    from fusiondp.mechanism.step import public_gradient
 
     model = _model(torch.float64)
     x, x_ref, y = _batch(10)

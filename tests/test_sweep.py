@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import make_sepsis_frames, quick_run_flags, write_sepsis_dir
 
-from fusiondp.results import load_records, record_files
+from fusiondp.experiment.results import load_records, record_files
 from scripts import sweep
 
 REPO = Path(__file__).resolve().parent.parent

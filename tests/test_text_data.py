@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fusiondp.metrics import multilabel_metrics
-from fusiondp.text_data import PAD, UNK, load_note_splits, prepare_text, read_notes
+from fusiondp.experiment.metrics import multilabel_metrics
+from fusiondp.text.data import PAD, UNK, load_note_splits, prepare_text, read_notes
 
 WORDS = "patient fever cough pain chest renal liver tumor therapy dose week trial cells blood".split()
 SENSITIVE = ["male", "female", "caucasian", "72-year-old", "hispanic", "woman"]

@@ -170,7 +170,7 @@ def test_propagated_model_spans_void_the_guarantee(notes_dir, tmp_path):
 def test_notes_kappa_is_the_reference_alpha_times_the_reference_sigma():
     # κ is derived as for sepsis: the reference α (0.5) times the σ of the MIMIC reference command
     # (ε 5, δ 1e-5, b 256, 20 epochs, 8,066 MIMIC-50 training notes, PLD, zero-out).
-    from fusiondp.privacy import ZERO_OUT, calibrate_sigma, num_steps
+    from fusiondp.mechanism.accounting import ZERO_OUT, calibrate_sigma, num_steps
 
     args = mimic_script.get_args_parser().parse_args([])
     rows = 8066

@@ -3,7 +3,7 @@
 * :mod:`~fusiondp.audit.bound`: the one-run lower bound (Steinke, Nasr and Jagielski, NeurIPS 2023):
   canary scores and coins in, ε_lower out. Pure arithmetic.
 * :mod:`~fusiondp.audit.canaries`: input-space canaries planted in the training rows of ONE run through
-  :func:`fusiondp.train.run_experiment`, their white-box scores, and the neighbour-invariance check
+  :func:`fusiondp.experiment.run.run_experiment`, their white-box scores, and the neighbour-invariance check
   of what is computed outside the mechanism.
 * :mod:`~fusiondp.audit.step_canaries`: gradient-space ("Dirac") canaries for the private step itself.
 * :mod:`~fusiondp.audit.attack`: attribute inference with and without the model.

@@ -14,8 +14,8 @@ from sklearn.metrics import r2_score
 from torch import nn
 
 from fusiondp.audit.canaries import AuditedRun, CanaryPlan, TabularTask, features
-from fusiondp.data import TabularPreprocessor
 from fusiondp.models import binary_bce
+from fusiondp.tabular.data import TabularPreprocessor
 
 
 def _is_categorical(task: TabularTask, col: str) -> bool:

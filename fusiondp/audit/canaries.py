@@ -4,7 +4,7 @@ m training rows become canaries; each flips a fair coin. "In" canaries get extre
 sensitive values (per column, the observed minimum or maximum, whichever is farther from the row's
 imputed value; for a categorical column another category, at random); "out" canaries get original
 values EQUAL to their hybrid values, exactly the zero-out neighbour (their private term is 0). One
-model is trained through :func:`fusiondp.train.run_experiment`; each canary is scored white-box on the
+model is trained through :func:`fusiondp.experiment.run.run_experiment`; each canary is scored white-box on the
 final model (:func:`canary_scores`), and :func:`fusiondp.audit.bound.canary_audit` turns the scores
 into ε_lower. :func:`public_state_check`: everything computed outside the mechanism (the
 preprocessor's statistics, C_h) must be bit-identical between the planted data and its zero-out
@@ -28,13 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from fusiondp.audit.controls import PipelineControl
-from fusiondp.config import RunConfig
-from fusiondp.data import TabularData, TabularPreprocessor, prepare_tabular
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.plan import resolve_c_h
+from fusiondp.experiment.run import run_experiment
+from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.scaling import column_statistics
+from fusiondp.mechanism.step import per_example_gradients, per_example_norms, trainable_params
 from fusiondp.models import binary_bce, eval_mode
-from fusiondp.modes import get_mode
-from fusiondp.scaling import column_statistics
-from fusiondp.step import per_example_gradients, per_example_norms, trainable_params
-from fusiondp.train import resolve_c_h, run_experiment
+from fusiondp.tabular.data import TabularData, TabularPreprocessor, prepare_tabular
 
 STATISTICS = ("loss", "gradient")
 EXTREME_QUANTILES = (0.0, 1.0)
@@ -164,7 +165,7 @@ def audited_run(
     *,
     control: PipelineControl | None = None,
 ) -> AuditedRun:
-    """Plant the canaries and train ONE model through :func:`fusiondp.train.run_experiment`."""
+    """Plant the canaries and train ONE model through :func:`fusiondp.experiment.run.run_experiment`."""
     planted = plant_canaries(task, plan)
     data, prep = prepare(task, planted, seed=config.seed, control=control)
     built: dict = {}

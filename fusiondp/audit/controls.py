@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fusiondp import step
+from fusiondp.mechanism import step
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class StepVariant:
     ) -> step.Grads:
         """The released private gradient of one Poisson batch under this variant.
 
-        The correct variant is :func:`fusiondp.step.private_gradient` itself; ``no_noise`` is the same
+        The correct variant is :func:`fusiondp.mechanism.step.private_gradient` itself; ``no_noise`` is the same
         step with σ = 0; ``no_clipping`` sums the raw per-example gradients (vmap) and adds the
         calibrated noise, dividing by the expected batch size.
         """
@@ -66,7 +66,7 @@ class StepVariant:
         return {k: g / cfg.expected_batch_size for k, g in noised.items()}
 
 
-CORRECT = StepVariant("correct", "the package's private step (fusiondp.step.private_gradient)")
+CORRECT = StepVariant("correct", "the package's private step (fusiondp.mechanism.step.private_gradient)")
 NO_NOISE = StepVariant(
     "no_noise", "clipped, but no noise is added (the record still claims the ε)", noise=False
 )

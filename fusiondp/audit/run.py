@@ -19,7 +19,7 @@ from fusiondp.audit.canaries import (
 )
 from fusiondp.audit.controls import CORRECT, PipelineControl, StepVariant
 from fusiondp.audit.step_canaries import step_canary_audit
-from fusiondp.config import RunConfig
+from fusiondp.experiment.config import RunConfig
 
 
 def claimed_epsilon(record: dict) -> float:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fusiondp.audit.bound import epsilon_lower_bound
 from fusiondp.audit.controls import CORRECT, StepVariant
-from fusiondp.step import StepConfig
+from fusiondp.mechanism.step import StepConfig
 
 
 class _DiracModel(nn.Module):
@@ -51,7 +51,7 @@ def step_canary_audit(
     move an MLP). This one gives each canary its own coordinate: "in" canaries have a private-term
     gradient of norm ``canary_norm · C`` along it, "out" canaries are zero-out neighbours (both
     views equal, term exactly 0). For ``steps`` steps every canary enters the Poisson batch with
-    probability ``sample_rate`` and the package's own :func:`fusiondp.step.private_gradient` (per-example
+    probability ``sample_rate`` and the package's own :func:`fusiondp.mechanism.step.private_gradient` (per-example
     gradients, clipping, noise) is applied; the auditor sees the summed released gradients and guesses
     the ``guesses`` canaries with the largest accumulated signal "in". This is the strongest canary
     the zero-out relation allows (a clipped gradient of norm C, in a direction nothing else uses), so a

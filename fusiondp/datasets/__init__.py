@@ -16,7 +16,8 @@ import importlib
 import pkgutil
 from types import ModuleType
 
-from fusiondp.cli import add_imputer_args, add_training_args
+from fusiondp.experiment.cli import add_training_args
+from fusiondp.tabular.impute import add_imputer_args
 
 DATASETS = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 """Every module in this folder, by name (``mimic`` also serves the medical-abstracts stand-in)."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from fusiondp.cli import add_imputed_data_args
 from fusiondp.datasets.bank import TRAINING_DEFAULTS as BANK_DEFAULTS
 from fusiondp.models import small_tabular_mlp
+from fusiondp.tabular.data import add_imputed_data_args
 
 NAME = "adult"
 COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from fusiondp.cli import add_imputed_data_args
 from fusiondp.models import small_tabular_mlp
+from fusiondp.tabular.data import add_imputed_data_args
 
 NAME = "bank"
 SENSITIVE = ["age", "job", "marital", "education", "housing"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusiondp.data import data_root, read_csv
-from fusiondp.modes import get_mode
-from fusiondp.privacy import ADD_REMOVE
-from fusiondp.text_data import read_label_list
+from fusiondp.mechanism.accounting import ADD_REMOVE
+from fusiondp.mechanism.modes import get_mode
+from fusiondp.tabular.data import data_root, read_csv
+from fusiondp.text.data import read_label_list
 
 NAMES = ("medical_abstracts", "mimic")
 COLUMNS = ["row_id", "TEXT", "LABELS"]

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusiondp.data import (
+from fusiondp.models import MLP
+from fusiondp.tabular.data import (
     TabularData,
     TabularPreprocessor,
     check_aligned,
@@ -29,7 +30,6 @@ from fusiondp.data import (
     read_csv,
     split_indices,
 )
-from fusiondp.models import MLP
 
 NAME = "sepsis"
 SENSITIVE = ["Age", "Gender", "Unit1", "Unit2", "HospAdmTime", "ICULOS"]
@@ -184,10 +184,10 @@ def provenance(data_dir: Path) -> dict:
 
 
 def prepare(frames: dict[str, pd.DataFrame], **kwargs) -> tuple[TabularData, TabularPreprocessor]:
-    """:func:`fusiondp.data.prepare_tabular` on sepsis frames (train, train_imputed, val, test).
+    """:func:`fusiondp.tabular.data.prepare_tabular` on sepsis frames (train, train_imputed, val, test).
 
     ``kwargs`` go through unchanged (``original_stats`` is required there: where the original
-    view's scale comes from is the caller's decision, see fusiondp/scaling.py).
+    view's scale comes from is the caller's decision, see fusiondp/mechanism/scaling.py).
     """
     return prepare_tabular(
         frames["train"],

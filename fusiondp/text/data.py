@@ -42,9 +42,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from fusiondp.data import read_csv
-from fusiondp.metrics import evaluate_multilabel
+from fusiondp.experiment.metrics import evaluate_multilabel
 from fusiondp.models import eval_mode
+from fusiondp.tabular.data import read_csv
 
 PAD, UNK = 0, 1
 SPECIALS = ["<pad>", "<unk>"]
@@ -331,7 +331,7 @@ def pad(notes: Sequence[Tensor]) -> Tensor:
 class TextData:
     """Token ids of the training notes (original and hybrid views), multi-hot labels, eval splits.
 
-    Implements :class:`fusiondp.train.TrainingData`. ``batch`` pads the views of a batch to one common
+    Implements :class:`fusiondp.experiment.loop.TrainingData`. ``batch`` pads the views of a batch to one common
     length, so the two views of a note stack on a leading view axis.
     """
 

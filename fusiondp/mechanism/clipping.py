@@ -1,7 +1,7 @@
 """Per-example clipping without per-example gradients of the whole model ("book-keeping").
 
 The private term of a step needs Σ_i clip_C(∇θ L_i). The reference implementation
-(:func:`fusiondp.step.per_example_gradients`) materialises every ∇θ L_i with torch.func vmap. This
+(:func:`fusiondp.mechanism.step.per_example_gradients`) materialises every ∇θ L_i with torch.func vmap. This
 module gets the same sum from ONE forward and ONE backward to the layers' outputs (Bu et al. 2023,
 book-keeping; Li et al. 2022, ghost norms):
 
@@ -29,7 +29,7 @@ repo benchmark) than the rules below, which read the
 ``(views, batch, ...)`` tensors in place. Opacus's conv sampler still serves every convolution other
 than stride 1, no dilation, one group (see :func:`_conv_grads`).
 
-Privacy contract: as :func:`fusiondp.step.per_example_gradients`. The original rows enter only
+Privacy contract: as :func:`fusiondp.mechanism.step.per_example_gradients`. The original rows enter only
 here; nothing computed from them leaves except the clipped sum (and the norms, which the step keeps
 to itself). Equality with the per-example loop is tested in float64 (tests/test_clipping.py).
 """
@@ -173,7 +173,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if type(model) not in ROW_WISE_MODELS:
         return (
             f"model class {type(model).__name__} is not registered as row-wise "
-            "(fusiondp.clipping.register_row_wise_model, after its oracle tests pass)"
+            "(fusiondp.mechanism.clipping.register_row_wise_model, after its oracle tests pass)"
         )
     owners: dict[nn.Parameter, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -230,7 +230,7 @@ def clipped_sum(
 
     ``inputs`` is ``(views, batch, ...)``; ``private_terms(logits, h)`` maps the model's outputs on
     it to the ``(batch,)`` per-example terms L_i. Every trainable parameter must pass
-    :func:`unsupported_reason`. Returns the same as :func:`fusiondp.step.clip_and_accumulate` on
+    :func:`unsupported_reason`. Returns the same as :func:`fusiondp.mechanism.step.clip_and_accumulate` on
     the vmap gradients, up to floating-point summation order.
     """
     views, batch = inputs.shape[:2]

@@ -20,6 +20,7 @@ machines without TabPFN weights; its results are a deviation from the paper and 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -31,8 +32,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score, mean_squared_error, r2_score
 from tqdm.auto import tqdm
 
-from fusiondp.config import ImputeConfig
-from fusiondp.data import (
+from fusiondp.experiment.config import ImputeConfig
+from fusiondp.tabular.data import (
     IMPUTATION_INFO,
     check_columns,
     check_disjoint,
@@ -612,3 +613,32 @@ def impute_splits(
         for col, what in imputer.early_stopping_off_.items():
             print(f"NOTE: hgb imputer of {col!r} fitted without early stopping ({what['reason']}).")
     return {"out_dir": str(config.out_dir), "quality": quality.to_dict("records"), **info}
+
+
+def add_imputer_args(
+    parser: argparse.ArgumentParser, *, splits: dict[str, int], seed: int, out_dir: str
+) -> None:
+    """Flags every impute_<dataset>.py shares (``--split_sizes`` only when ``splits`` is not empty)."""
+    parser.add_argument("--out_dir", type=Path, default=Path(out_dir))
+    parser.add_argument(
+        "--imputer",
+        choices=IMPUTERS,
+        default="tabpfn",
+        help="tabpfn (the paper's; needs weights) or hgb (offline stand-in, labelled as such)",
+    )
+    parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
+    parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
+    parser.add_argument(
+        "--device", default="cpu", help="TabPFN's device, e.g. cuda (default: %(default)s; hgb ignores it)"
+    )
+    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
+    if splits:
+        parser.add_argument(
+            "--split_sizes",
+            type=int,
+            nargs=len(splits),
+            default=list(splits.values()),
+            metavar=tuple(s.upper() for s in splits),
+            help="rows per split (default: %(default)s)",
+        )
+    parser.add_argument("--no_progress", action="store_true")

@@ -200,7 +200,7 @@ def epsilon_for(
     """ε at δ of ``steps`` Poisson-subsampled Gaussian steps under ``relation`` (an upper bound).
 
     ``stats_noise_multiplier``: a one-off Gaussian release (the DP scaling statistics of
-    :func:`fusiondp.scaling.dp_statistics`, noise in units of their sensitivity under any change of
+    :func:`fusiondp.mechanism.scaling.dp_statistics`, noise in units of their sensitivity under any change of
     one row) composed with the steps by the same accountant. Opacus sees it as one step at q = 1.
     """
     check_supported(accountant, relation)

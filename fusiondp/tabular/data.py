@@ -5,7 +5,7 @@ fill values and scales, category vocabularies) are fitted on rows the caller dec
 mode's guarantee (``shared_fit``): the HYBRID training rows plus the support set for feature-level
 DP, whose sensitive columns are foundation-model imputations computed from public columns; the
 support set alone for sample-level DP, where every column of a training row is private. Each view's
-numeric sensitive columns get their own scale (:mod:`fusiondp.scaling` says why): the hybrid view
+numeric sensitive columns get their own scale (:mod:`fusiondp.mechanism.scaling` says why): the hybrid view
 its own rows' statistics, the original view (training rows, val and test) the ``original_stats``
 the caller obtained from public or DP sources. The original rows are only transformed; a category
 the vocabulary lacks (or a missing value) becomes an all-zero one-hot block.
@@ -13,6 +13,7 @@ the vocabulary lacks (or a missing value) becomes an all-zero one-hot block.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -26,9 +27,9 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from fusiondp.metrics import evaluate_binary
-from fusiondp.regularizer import estimate_c_h_from_private, estimate_c_h_public
-from fusiondp.scaling import Stats, column_statistics
+from fusiondp.experiment.metrics import evaluate_binary
+from fusiondp.mechanism.regularizer import estimate_c_h_from_private, estimate_c_h_public
+from fusiondp.mechanism.scaling import Stats, column_statistics
 
 
 def data_root() -> Path:
@@ -304,7 +305,7 @@ class TabularData:
         }
 
     def public_c_h(self, model: nn.Module, *, generator: torch.Generator) -> float:
-        """C_h from hybrid rows only (see :func:`fusiondp.regularizer.estimate_c_h_public`)."""
+        """C_h from hybrid rows only (see :func:`fusiondp.mechanism.regularizer.estimate_c_h_public`)."""
         return estimate_c_h_public(
             model, self.hybrid, sensitive_columns=self.sensitive_features, generator=generator
         )
@@ -355,7 +356,7 @@ def prepare_tabular(
     ``shared_fit``: the public rows the shared statistics and vocabularies are fitted on (default: the
     hybrid rows); see the module docstring for what is public under which guarantee.
     ``original_stats``: (mean, std) of every numeric sensitive column for the original view, from
-    :mod:`fusiondp.scaling`. The hybrid view's numeric sensitive columns use the hybrid rows' own
+    :mod:`fusiondp.mechanism.scaling`. The hybrid view's numeric sensitive columns use the hybrid rows' own
     statistics.
 
     The noise view is the hybrid view with the sensitive feature columns replaced by N(0, 1) draws
@@ -396,3 +397,19 @@ def prepare_tabular(
         sensitive_features=sensitive_features,
     )
     return data, original_prep
+
+
+def add_imputed_data_args(parser: argparse.ArgumentParser, *, dataset: str) -> argparse.ArgumentParser:
+    """``--data_dir`` (an ``impute_<dataset>.py`` output folder) and ``--one_hot``, for the tabular scripts."""
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        default=Path(f"outputs/{dataset}"),
+        help=f"impute_{dataset}.py's --out_dir (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--one_hot",
+        action="store_true",
+        help="one-hot categorical columns (the reference); otherwise scaled ordinal codes",
+    )
+    return parser

@@ -12,7 +12,7 @@ test alike) with statistics of TRUE values that carry no private information:
   paper's assumption. Costs nothing.
 * ``dp``: a Gaussian-mechanism estimate from the training rows' original values
   (:func:`dp_statistics`), clipped to bounds the dataset script declares as public knowledge; its
-  cost is composed into the run's ε by the accountant (:mod:`fusiondp.privacy`).
+  cost is composed into the run's ε by the accountant (:mod:`fusiondp.mechanism.accounting`).
 * ``private``: mean and std of the training rows' original values, as the authors' code does. NOT
   PRIVATE: a run that uses it is recorded as outside the guarantee.
 """
@@ -153,7 +153,7 @@ def dp_statistics(
     and rescaled to u ∈ [−1, 1]; the sums Σ m·u, Σ m·u² and Σ m (m: observed) of all columns get
     N(0, (σ·Δ)²) noise with Δ = :func:`dp_statistics_sensitivity`. That is a Gaussian mechanism of
     noise multiplier σ for any change of one row's sensitive values; the caller composes it into
-    the run's ε (:func:`fusiondp.privacy.make_privacy_spec`, ``stats_noise_multiplier``). Everything
+    the run's ε (:func:`fusiondp.mechanism.accounting.make_privacy_spec`, ``stats_noise_multiplier``). Everything
     returned is post-processing of the noisy sums.
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):

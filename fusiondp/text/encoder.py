@@ -5,8 +5,8 @@
 through ``--encoder NAME_OR_PATH``), mean-pools its last hidden states over the word pieces and
 L2-normalises the result (as sentence-transformers does for MiniLM). The encoder is FROZEN: it runs
 under ``torch.inference_mode``, never sees a gradient and fits nothing on any note. Only the small
-:class:`EncoderHead` is trained, by the same DP step (:func:`fusiondp.step.fusion_step` through
-:func:`fusiondp.train.run_experiment`) as CAML, in every text mode.
+:class:`EncoderHead` is trained, by the same DP step (:func:`fusiondp.mechanism.step.fusion_step` through
+:func:`fusiondp.experiment.run.run_experiment`) as CAML, in every text mode.
 
 Privacy contract.
 
@@ -30,7 +30,7 @@ Privacy contract.
   text, so a changed note is embedded again. A cache object is bound to its view
   (:class:`EmbeddingCache`) and refuses a file written for another view or encoder.
 * Reads. :class:`EncodedNotes` (the training loop's data) hands out the original view only as the FIRST
-  view of a batch, which is how :func:`fusiondp.train.train` asks for the private term's rows (or
+  view of a batch, which is how :func:`fusiondp.experiment.loop.train` asks for the private term's rows (or
   sgd_ori's); a public request for it (any other position, C_h from public data) raises
   :class:`PublicReadError`. Nothing computed from the original view (embeddings, cache keys, their
   count, timing) goes into the record.
@@ -52,12 +52,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fusiondp.cli import resolve_device
-from fusiondp.clipping import register_row_wise_model
-from fusiondp.metrics import evaluate_multilabel
+from fusiondp.experiment.cli import resolve_device
+from fusiondp.experiment.metrics import evaluate_multilabel
+from fusiondp.mechanism.clipping import register_row_wise_model
+from fusiondp.mechanism.modes import HYBRID, ORIGINAL, ModeSpec
 from fusiondp.models import ViewSharedDropout
-from fusiondp.modes import HYBRID, ORIGINAL, ModeSpec
-from fusiondp.text_data import label_matrix, median_h_distance, minilm_folder, split_labels
+from fusiondp.text.data import label_matrix, median_h_distance, minilm_folder, split_labels
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_MAX_TOKENS = 256
@@ -238,7 +238,7 @@ class ViewEmbeddings:
 class EncodedNotes:
     """Frozen-encoder embeddings of the training notes (per view), multi-hot labels, eval splits.
 
-    Implements :class:`fusiondp.train.TrainingData`. ``batch`` returns the original view only as the
+    Implements :class:`fusiondp.experiment.loop.TrainingData`. ``batch`` returns the original view only as the
     first requested view (the private term's rows, or sgd_ori's); any other request for it raises
     :class:`PublicReadError`. ``public_c_h`` reads the hybrid view only.
     """

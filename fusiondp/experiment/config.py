@@ -1,10 +1,10 @@
 """The run configuration: the training flags as one frozen, typed value (docs/design.md §6).
 
 Argparse stays at the edge. A script parses its command line and turns the result into a
-:class:`RunConfig` with :meth:`RunConfig.from_args`; the library (:mod:`fusiondp.train`,
-:mod:`fusiondp.tabular`, :mod:`fusiondp.audit`) reads that value, never an ``argparse.Namespace``.
+:class:`RunConfig` with :meth:`RunConfig.from_args`; the library (:mod:`fusiondp.experiment.loop`,
+:mod:`fusiondp.tabular.runner`, :mod:`fusiondp.audit`) reads that value, never an ``argparse.Namespace``.
 
-Every flag of :func:`fusiondp.cli.add_training_args` is a typed field. A script's own flags
+Every flag of :func:`fusiondp.experiment.cli.add_training_args` is a typed field. A script's own flags
 (``--data_dir``, ``--one_hot``, the notes script's model flags, the audit grid's flags) travel in
 :attr:`RunConfig.extras`, untouched, because the record's ``args`` (and with it ``--skip_existing``)
 names every flag a run was given: :meth:`RunConfig.settings` is exactly what ``vars(args)`` was.
@@ -15,13 +15,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusiondp.modes import get_mode
-from fusiondp.results import OMITTED_WHEN_UNSET, run_settings
+from fusiondp.mechanism.modes import get_mode
+
+OMITTED_WHEN_UNSET = frozenset({"mix_weight"})
+"""Flags added after records existed: left out of the settings while unset, so that a run without them
+has the same settings (and skip-matching) as before the flag existed."""
+
+
+def run_settings(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's full resolved flags (defaults included), JSON-ready: ``vars(args)`` of its command line,
+    or :meth:`fusiondp.experiment.config.RunConfig.settings`. Unset new flags (:data:`OMITTED_WHEN_UNSET`) are
+    left out."""
+    return {
+        k: (str(v) if isinstance(v, os.PathLike) else v)
+        for k, v in flags.items()
+        if not (k in OMITTED_WHEN_UNSET and v is None)
+    }
+
 
 NAIVE_PREFIX = "naive_fusion"
 
@@ -71,7 +87,7 @@ class RunConfig:
         if missing:
             raise ValueError(
                 f"the parsed flags lack training flags {missing}: build the parser with "
-                "fusiondp.cli.add_training_args."
+                "fusiondp.experiment.cli.add_training_args."
             )
         typed = {k: v for k, v in flags.items() if k in known}
         extras = {k: v for k, v in flags.items() if k not in known}

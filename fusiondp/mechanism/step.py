@@ -32,8 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fusiondp.clipping import METHODS, clipped_sum, unsupported_reason
-from fusiondp.regularizer import consistency_penalty
+from fusiondp.mechanism.clipping import METHODS, clipped_sum, unsupported_reason
+from fusiondp.mechanism.regularizer import consistency_penalty
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """Per-example loss: (logits[..., K], targets[...]) -> loss[...]."""
@@ -59,7 +59,7 @@ class StepConfig:
     c_h: float | None = None
     max_param_norm: float | None = 10.0
     divide_by_realised_batch: bool = False
-    per_example: str = "vmap"  # "bookkeeping" (fusiondp.clipping) or "vmap" (the reference)
+    per_example: str = "vmap"  # "bookkeeping" (fusiondp.mechanism.clipping) or "vmap" (the reference)
 
     def __post_init__(self) -> None:
         if self.per_example not in ("bookkeeping", "vmap"):
@@ -114,7 +114,7 @@ def private_terms(
         term = term + reg_weight * consistency_penalty(h[0], h[1], c_h=c_h)
     # A zero-out neighbour (views equal) must contribute exactly 0, not float round-off: its
     # original values, carried through the original view's scaler, match the hybrid view only
-    # to round-off (see fusiondp.data.zero_out_values).
+    # to round-off (see fusiondp.tabular.data.zero_out_values).
     return term * differs
 
 
@@ -213,7 +213,7 @@ def clipped_private_sum(
 def per_example_method(model: nn.Module, requested: str) -> tuple[str, str]:
     """(``"bookkeeping"`` or ``"vmap"``, why) for ``--per_example auto|bookkeeping|vmap``.
 
-    ``auto`` takes book-keeping where :func:`fusiondp.clipping.unsupported_reason` allows, else the
+    ``auto`` takes book-keeping where :func:`fusiondp.mechanism.clipping.unsupported_reason` allows, else the
     vmap reference (the reason is returned, for the log and the record); ``bookkeeping`` on a model it
     cannot run is an error.
     """

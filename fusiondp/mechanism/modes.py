@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fusiondp.privacy import ADD_REMOVE, REPLACE_ONE, ZERO_OUT
+from fusiondp.mechanism.accounting import ADD_REMOVE, REPLACE_ONE, ZERO_OUT
 
 ORIGINAL, HYBRID, NOISE = "original", "hybrid", "noise"
 
@@ -32,7 +32,7 @@ class ModeSpec:
     """'full' (ℓ on the original row) or 'difference' (ℓ(original) − ℓ(public view))."""
     uses_regularizer: bool = False
     relation: str | None = None
-    """Neighbouring relation the noise is calibrated for (see fusiondp.privacy)."""
+    """Neighbouring relation the noise is calibrated for (see fusiondp.mechanism.accounting)."""
     guarantee: str = ""
 
     def weights(self, *, alpha: float, mix_weight: float) -> tuple[float, float]:
@@ -56,7 +56,7 @@ class ModeSpec:
 _ZERO_OUT_HYBRID = (
     "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
     "replaced by its zero-out values, the values at which its original view equals its hybrid view "
-    "(the imputations carried onto the original view's scale, fusiondp.data.zero_out_values; under "
+    "(the imputations carried onto the original view's scale, fusiondp.tabular.data.zero_out_values; under "
     "--scaling dp a null record that adds nothing to the statistics either) (zero-out, sensitivity C)"
 )
 _ZERO_OUT_NOISE = (

@@ -1,0 +1,163 @@
+"""The training loop every dataset script shares: Poisson private batches, exactly T steps, evaluation.
+
+Sampling: DP modes draw their private batch by Poisson sampling (each row independently with
+probability q = b/N), as the accountant assumes, and their public batch uniformly without
+replacement; the non-private modes use shuffled batches of exactly b rows. Every mode runs exactly
+T = round(epochs · N / b) steps and is evaluated on every val and test row at each epoch boundary.
+
+The loop reads its data through the small :class:`TrainingData` protocol, so tables
+(:class:`fusiondp.tabular.data.TabularData`) and notes share it, and with it the one DP step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from fusiondp.mechanism.modes import ModeSpec
+from fusiondp.mechanism.step import LossFn, StepConfig, fusion_step
+
+Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
+
+
+class TrainingData(Protocol):
+    """What the loop needs of a data set: row-aligned views of the training rows, labels, evaluation.
+
+    Views are named ``original`` (true sensitive values), ``hybrid`` (imputed) and, where it exists,
+    ``noise``. Only ``batch(("original", ...), rows)`` reads original sensitive values, and the loop
+    hands what it returns to the DP step's private term only.
+    """
+
+    y: Tensor
+    headline_metric: str
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def num_features(self) -> int | None: ...
+
+    def batch(self, views: Sequence[str], rows: Tensor) -> list[Tensor]:
+        """The rows of each view, as tensors of one common shape (padded jointly where needed)."""
+        ...
+
+    def evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """``{"val": metrics, "test": metrics}`` on every evaluation row."""
+        ...
+
+    def public_c_h(self, model: nn.Module, *, generator: torch.Generator) -> float:
+        """C_h estimated from public data only."""
+        ...
+
+    def private_c_h(self, model: nn.Module) -> float:
+        """The reference's C_h from original rows: NOT PRIVATE."""
+        ...
+
+    def to(self, device: torch.device) -> TrainingData: ...
+
+
+def epoch_boundaries(*, steps: int, epochs: float) -> list[int]:
+    """Step counts after which an epoch ends (the last one is always T)."""
+    n_epochs = max(1, round(epochs))
+    bounds = sorted({max(1, round((e + 1) * steps / n_epochs)) for e in range(n_epochs)})
+    bounds[-1] = steps
+    return bounds
+
+
+class BatchSampler:
+    """Row indices for each step, from a dedicated seeded generator (independent of the data)."""
+
+    def __init__(self, num_rows: int, *, seed: int) -> None:
+        self.num_rows = num_rows
+        self.generator = torch.Generator().manual_seed(seed)
+        self._stream = torch.empty(0, dtype=torch.long)
+
+    def poisson(self, sample_rate: float) -> torch.Tensor:
+        mask = torch.rand(self.num_rows, generator=self.generator) < sample_rate
+        return mask.nonzero().squeeze(1)
+
+    def uniform(self, size: int) -> torch.Tensor:
+        return torch.randperm(self.num_rows, generator=self.generator)[: min(size, self.num_rows)]
+
+    def shuffled(self, size: int) -> torch.Tensor:
+        """Consecutive slices of a stream of random permutations: every batch has ``size`` rows."""
+        while len(self._stream) < size:
+            self._stream = torch.cat([self._stream, torch.randperm(self.num_rows, generator=self.generator)])
+        batch, self._stream = self._stream[:size], self._stream[size:]
+        return batch
+
+
+def train(
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    mode: ModeSpec,
+    cfg: StepConfig,
+    steps: int,
+    epochs: float,
+    batch_size: int,
+    public_batch_size: int,
+    seed: int,
+    loss_fn: LossFn,
+    evaluate: Evaluator,
+    progress: bool = True,
+    noise_seed: int | None = None,
+) -> tuple[list[dict], float]:
+    """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded).
+
+    The DP noise comes from its own generator, seeded by ``noise_seed`` (default ``seed + 1``).
+    """
+    device = data.y.device
+    sampler = BatchSampler(data.num_rows, seed=seed)
+    noise_generator = torch.Generator(device=device).manual_seed(
+        seed + 1 if noise_seed is None else noise_seed
+    )
+    sample_rate = batch_size / data.num_rows
+    bounds = epoch_boundaries(steps=steps, epochs=epochs)
+    log: list[dict] = []
+    train_seconds = 0.0
+    model.train()
+    bar = tqdm(total=steps, desc=mode.name, disable=not progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        batch: dict = {
+            "x_public": None,
+            "y_public": None,
+            "x_private": None,
+            "x_reference": None,
+            "y_private": None,
+        }
+        if not mode.private:
+            rows = sampler.shuffled(batch_size).to(device)
+            (batch["x_public"],) = data.batch([mode.sgd_view], rows)
+            batch["y_public"] = data.y[rows]
+        else:
+            if cfg.w_pub:
+                rows = sampler.uniform(public_batch_size).to(device)
+                (batch["x_public"],) = data.batch([mode.public_view], rows)
+                batch["y_public"] = data.y[rows]
+            rows = sampler.poisson(sample_rate).to(device)
+            batch["y_private"] = data.y[rows]
+            if mode.private_loss == "difference":
+                batch["x_private"], batch["x_reference"] = data.batch(["original", mode.public_view], rows)
+            else:
+                (batch["x_private"],) = data.batch(["original"], rows)
+        fusion_step(model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator)
+        bar.update(1)
+        if step in bounds:
+            train_seconds += time.perf_counter() - start
+            metrics = evaluate(model)
+            entry = {"epoch": bounds.index(step) + 1, "step": step}
+            for split, values in metrics.items():
+                entry.update({f"{split}_{k}": v for k, v in values.items()})
+            log.append(entry)
+            key = f"val_{data.headline_metric}"
+            bar.set_postfix({key: f"{entry.get(key, float('nan')):.4f}"})
+            start = time.perf_counter()
+    bar.close()
+    return log, train_seconds

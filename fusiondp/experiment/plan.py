@@ -1,0 +1,185 @@
+"""From a run's settings to what the step and the record need: σ for the mode's relation, the α in
+use, the step's configuration, C_h and its source, the secret or seeded randomness, and the reasons a
+run's guarantee does not hold.
+
+Privacy contract: nothing here reads original rows except :func:`resolve_c_h` under the reference's
+``--c_h_from_private``, whose source string (and the record) says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.loop import TrainingData
+from fusiondp.experiment.records import EXPERIMENT_MODE
+from fusiondp.mechanism.accounting import (
+    ZERO_OUT,
+    PrivacySpec,
+    calibration_plan,
+    make_privacy_spec,
+    statistics_epsilon,
+)
+from fusiondp.mechanism.modes import ModeSpec
+from fusiondp.mechanism.scaling import ScalingPlan
+from fusiondp.mechanism.step import StepConfig
+
+
+def resolve_c_h(
+    mode: ModeSpec,
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    c_h: float | None,
+    c_h_from_private: bool,
+    seed: int,
+) -> tuple[float | None, str]:
+    """C_h and where it came from.
+
+    Privacy contract: only ``c_h_from_private`` (the reference's ``--c_h_from_private``) reads
+    original rows, and the returned source says so; otherwise C_h is given or estimated from the
+    hybrid rows (public).
+    """
+    if not mode.uses_regularizer:
+        return None, "unused"
+    if c_h is not None:
+        return float(c_h), "given (--c_h)"
+    if c_h_from_private:
+        return data.private_c_h(model), (
+            "estimated from ORIGINAL rows at initialisation (--c_h_from_private): NOT PRIVATE"
+        )
+    generator = torch.Generator().manual_seed(seed + 2)
+    return data.public_c_h(
+        model, generator=generator
+    ), "estimated from hybrid rows at initialisation (public)"
+
+
+def privacy_spec_for(
+    config: RunConfig,
+    mode: ModeSpec,
+    *,
+    num_rows: int,
+    stats_noise_multiplier: float | None = None,
+) -> PrivacySpec | None:
+    """σ calibrated for the mode's neighbouring relation (``--neighbouring`` for the split modes), or
+    None for the non-private modes. See :func:`fusiondp.mechanism.accounting.calibration_plan`. DP scaling
+    statistics (``stats_noise_multiplier``) are composed into the same budget."""
+    if not mode.private:
+        return None
+    relation, accountant, notes = calibration_plan(
+        mode_name=mode.name,
+        mode_relation=mode.relation,
+        neighbouring=config.neighbouring,
+        accountant=config.accountant,
+    )
+    spec = make_privacy_spec(
+        epsilon=config.epsilon,
+        delta=config.delta,
+        batch_size=config.batch_size,
+        num_rows=num_rows,
+        epochs=config.epochs,
+        accountant=accountant,
+        relation=relation,
+        zero_out_term_vanishes=mode.private_loss == "difference",
+        stats_noise_multiplier=stats_noise_multiplier,
+    )
+    return dataclasses.replace(spec, notes=tuple(notes))
+
+
+def private_weight(config: RunConfig, mode: ModeSpec, *, privacy: PrivacySpec | None) -> tuple[float, str]:
+    """α actually used by the split modes, and the rule that gave it.
+
+    The private term's noise has std α·σ·C/b per coordinate; with ``--max_private_noise κ`` α is
+    capped at κ/σ, so that as ε shrinks (σ grows) the private term fades towards the public term
+    instead of drowning it. σ is public, so the rule costs no privacy.
+    """
+    if mode.private_loss != "difference" or privacy is None:
+        return config.alpha, "unused" if mode.private_loss != "difference" else "fixed (--alpha)"
+    kappa = config.max_private_noise
+    sigma = privacy.noise_multiplier
+    if not kappa or config.alpha * sigma <= kappa:
+        return config.alpha, "fixed (--alpha)" if not kappa else f"--alpha (alpha*sigma <= {kappa})"
+    return kappa / sigma, f"capped: --max_private_noise {kappa} / sigma {sigma:.4g}"
+
+
+def step_config_for(
+    config: RunConfig,
+    mode: ModeSpec,
+    *,
+    privacy: PrivacySpec | None,
+    c_h: float | None,
+    alpha: float | None = None,
+) -> StepConfig:
+    """The step's hyperparameters from the run configuration and the mode (``alpha``: the α to use,
+    default ``--alpha``; naive fusion mixes with ``--mix_weight``, else ``--beta``)."""
+    w_pub, w_priv = mode.weights(
+        alpha=config.alpha if alpha is None else alpha, mix_weight=config.mixing_weight
+    )
+    return StepConfig(
+        lr=config.lr,
+        w_pub=w_pub,
+        w_priv=w_priv,
+        max_grad_norm=config.max_grad_norm,
+        noise_multiplier=privacy.noise_multiplier if privacy else 0.0,
+        expected_batch_size=float(config.batch_size),
+        private_loss=mode.private_loss,
+        reg_weight=mode.regularizer_weight(beta=config.beta),
+        c_h=c_h,
+        max_param_norm=config.max_param_norm or None,
+        divide_by_realised_batch=config.divide_by_realised_batch,
+    )
+
+
+def rng_seeds(*, seed: int, secure_rng: bool) -> tuple[int, int, str]:
+    """(sampler seed, noise seed, what the record says of them).
+
+    ``--secure_rng`` draws both from OS entropy and they are never recorded: the Poisson batches and
+    the noise are then unknown to anyone, which subsampling amplification and the Gaussian mechanism
+    both assume. Otherwise they follow ``--seed`` (experiment mode): reproducible, and anyone who
+    knows the seed can replay training for each candidate value of a row, so no ε holds.
+    """
+    if secure_rng:
+        return secrets.randbits(62), secrets.randbits(62), "secure"
+    return seed, seed + 1, "seeded"
+
+
+def outside_guarantee_reasons(
+    config: RunConfig,
+    mode: ModeSpec,
+    scaling: ScalingPlan | None,
+    *,
+    rng: str,
+    given: Sequence[str],
+) -> tuple[list[str], bool, float | None]:
+    """(why the guarantee does not hold, whether secret DP noise was drawn, the ε of DP statistics
+    that are all a non-DP mode releases, or None)."""
+    stats_sigma = scaling.stats_noise_multiplier if scaling else None
+    outside = list(given)
+    if config.c_h_from_private and mode.uses_regularizer:
+        outside.append("C_h estimated from original sensitive values (--c_h_from_private)")
+    if config.divide_by_realised_batch and mode.private:
+        # The accountant models the noised sum; dividing by the realised |B| also releases |B|, which
+        # shifts the odds that a given row was sampled. Small, but unaccounted for.
+        outside.append("private sum divided by the realised batch size (|B| is not accounted for)")
+    if scaling and scaling.reads_private_values and mode.name != "sgd_ori":
+        outside.append(f"scaling statistics fitted on private rows (--scaling {scaling.source})")
+    # Secret randomness: the DP steps' sampler and noise, and the DP statistics' noise (which a non-DP
+    # mode evaluated on a DP scale releases too). Seeded from a recorded seed, none of it is secret.
+    draws_dp_noise = mode.private or (bool(stats_sigma) and mode.name != "sgd_ori")
+    if draws_dp_noise and rng == "seeded":
+        outside.append(EXPERIMENT_MODE)
+    stats_epsilon = None
+    if scaling and stats_sigma and not mode.private and mode.name != "sgd_ori":
+        # A non-DP mode whose evaluation scale is a DP estimate: that estimate is all it releases.
+        stats_epsilon = statistics_epsilon(
+            stats_noise_multiplier=stats_sigma,
+            delta=config.delta,
+            accountant=config.accountant,
+            relation=ZERO_OUT,
+        )
+    return outside, draws_dp_noise, stats_epsilon

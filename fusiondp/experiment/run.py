@@ -1,0 +1,127 @@
+"""One run from its settings: calibrate, train, evaluate, record (every dataset's runner ends here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from fusiondp.experiment.cli import resolve_device, seed_everything
+from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.loop import TrainingData, train
+from fusiondp.experiment.plan import (
+    outside_guarantee_reasons,
+    privacy_spec_for,
+    private_weight,
+    resolve_c_h,
+    rng_seeds,
+    step_config_for,
+)
+from fusiondp.experiment.records import build_record
+from fusiondp.experiment.results import append_record, find_run
+from fusiondp.mechanism.accounting import check_sample_rate, num_steps
+from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.scaling import ScalingPlan
+from fusiondp.mechanism.step import LossFn, per_example_method
+
+
+def run_experiment(
+    config: RunConfig,
+    *,
+    dataset: str,
+    data: TrainingData,
+    build_model: Callable[[], nn.Module],
+    loss_fn: LossFn,
+    extra_record: dict | None = None,
+    scaling: ScalingPlan | None = None,
+    privacy_notes: Sequence[str] = (),
+    outside_guarantee: Sequence[str] = (),
+) -> dict:
+    """Calibrate, train, evaluate and record one run; return its result record.
+
+    Privacy contract: ``data`` holds the original rows; they reach the model only through
+    :func:`fusion_step`'s private term (DP modes) or, for ``sgd_ori``, without protection, as that
+    mode's record states. ``scaling`` says where the original view's statistics came from; DP
+    statistics are composed into the run's ε. ``outside_guarantee``: the caller's reasons why this
+    run's guarantee does not hold (e.g. how its data were made). ``build_model()`` returns a fresh
+    model (seeded by ``config.seed`` just before).
+    """
+    config.validate()
+    if config.skip_existing and config.results_json:
+        done = find_run(config.results_json, config.settings())
+        if done is not None:
+            print(f"skipped: a finished run with these settings is already in {config.results_json}")
+            return done
+    mode = get_mode(config.mode)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = data.to(device)
+    n = data.num_rows
+    stats_sigma = scaling.stats_noise_multiplier if scaling else None
+    privacy = privacy_spec_for(config, mode, num_rows=n, stats_noise_multiplier=stats_sigma)
+    if privacy:
+        steps = privacy.steps
+    else:
+        check_sample_rate(config.batch_size / n, batch_size=config.batch_size, num_rows=n)
+        steps = num_steps(epochs=config.epochs, num_rows=n, batch_size=config.batch_size)
+
+    model = build_model().to(device)
+    c_h, c_h_source = resolve_c_h(
+        mode, model, data, c_h=config.c_h, c_h_from_private=config.c_h_from_private, seed=config.seed
+    )
+    alpha, alpha_rule = private_weight(config, mode, privacy=privacy)
+    cfg = step_config_for(config, mode, privacy=privacy, c_h=c_h, alpha=alpha)
+    if mode.private_loss is not None:
+        method, method_reason = per_example_method(model, config.per_example)
+        cfg = dataclasses.replace(cfg, per_example=method)
+        if method == "vmap" and config.per_example == "auto":
+            print(f"per-example clipping: {method_reason}")
+    else:
+        method, method_reason = None, "no private term"
+    sampler_seed, noise_seed, rng = rng_seeds(seed=config.seed, secure_rng=config.secure_rng)
+
+    log, train_seconds = train(
+        model,
+        data,
+        mode=mode,
+        cfg=cfg,
+        steps=steps,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        public_batch_size=config.public_batch_size,
+        seed=sampler_seed,
+        loss_fn=loss_fn,
+        evaluate=data.evaluate,
+        progress=not config.no_progress,
+        noise_seed=noise_seed,
+    )
+    del sampler_seed, noise_seed  # never recorded
+    outside, draws_dp_noise, stats_epsilon = outside_guarantee_reasons(
+        config, mode, scaling, rng=rng, given=outside_guarantee
+    )
+    record = build_record(
+        config,
+        dataset=dataset,
+        mode=mode,
+        step=cfg,
+        privacy=privacy,
+        steps=steps,
+        num_rows=n,
+        num_features=data.num_features,
+        c_h_source=c_h_source,
+        alpha_rule=alpha_rule,
+        scaling=scaling,
+        stats_epsilon=stats_epsilon,
+        privacy_notes=privacy_notes,
+        rng=rng if draws_dp_noise else None,
+        outside_guarantee=outside,
+        per_example=(method, method_reason),
+        log=log,
+        train_seconds=train_seconds,
+        device=str(device),
+        extra_record=extra_record,
+    )
+    if config.results_json:
+        append_record(config.results_json, record)
+    return record
