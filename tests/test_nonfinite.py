@@ -1,21 +1,30 @@
-"""A non-finite (or overflowing) per-example gradient contributes nothing to the clipped sum.
+"""A non-finite (or overflowing) per-example gradient contributes nothing; original values are clipped.
 
 Privacy review, item 1: the clip factor min(1, C / (‖g‖ + 1e-6)) of an example whose gradient is NaN
 or inf was NaN, and the NaN reached the noised sum, so whether a run finished revealed whether a
-sampled row held such a value. Now an example whose norm is not finite contributes exactly zero,
-decided inside the step (fusiondp.clipping.clip_factors), in book-keeping and in the vmap reference.
-The neighbour checks compare clipped sums in float64.
+sampled row held such a value. Two layers now: an example whose norm is not finite contributes
+exactly zero, decided inside the step (fusiondp.clipping.clip_factors), in book-keeping and in the
+vmap reference; and the original view's numeric sensitive values are clipped to the dataset's public
+BOUNDS before they are standardised (fusiondp.data.original_clip_bounds), widened in the split modes
+so that every zero-out neighbour still contributes exactly zero. The neighbour checks compare clipped
+sums in float64.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
 
+from fusiondp.data import TabularPreprocessor, prepare_tabular, zero_out_values
+from fusiondp.datasets import sepsis
 from fusiondp.models import CAML, MLP, binary_bce, multilabel_bce
-from fusiondp.step import StepConfig, fusion_step, private_gradient, trainable_params
+from fusiondp.scaling import column_statistics
+from fusiondp.step import StepConfig, fusion_step, per_example_gradients, private_gradient, trainable_params
 
 BAD_VALUES = [math.inf, -math.inf, math.nan, 1e30]
 METHODS = ["bookkeeping", "vmap"]
@@ -175,3 +184,141 @@ def test_the_audited_correct_step_is_the_fixed_step():
         generator=torch.Generator().manual_seed(0),
     )
     assert all(torch.isfinite(g).all() for g in released.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# The data layer: the original view's numeric sensitive values are clipped to public ranges.
+
+
+def test_the_original_view_is_clipped_before_it_is_standardised():
+    public = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0]})
+    prep = TabularPreprocessor(numeric=["a"]).fit(public)
+    clipped = prep.with_clipping({"a": (0.0, 10.0)})
+    raw = pd.DataFrame({"a": [math.inf, -math.inf, 1e33, math.nan, 5.0, 1e400]})  # 1e400 reads as inf
+    expected = prep.transform(pd.DataFrame({"a": [10.0, 0.0, 10.0, math.nan, 5.0, 10.0]}))
+    np.testing.assert_array_equal(clipped.transform(raw), expected)
+    assert np.isfinite(clipped.transform(raw)).all()
+    assert not np.isfinite(prep.transform(raw)).all()  # without the bounds, inf reaches the tensor
+    with pytest.raises(ValueError, match="non-numeric or unknown"):
+        prep.with_clipping({"b": (0.0, 1.0)})
+
+
+def _support_stats(frames):
+    return column_statistics(frames["support"], sepsis.SENSITIVE)
+
+
+def _prepare(frames, **kw):
+    return prepare_tabular(
+        frames["original"],
+        frames["hybrid"],
+        frames["val"],
+        frames["test"],
+        sensitive=sepsis.SENSITIVE,
+        public=sepsis.PUBLIC,
+        label=sepsis.LABEL,
+        noise_seed=0,
+        original_stats=_support_stats(frames),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("view", ["hybrid", "noise"])
+def test_a_zero_out_neighbour_still_contributes_exactly_zero_after_clipping(view):
+    frames = make_sepsis_frames()
+    stats = _support_stats(frames)
+    if view == "hybrid":
+        matched = zero_out_values(frames["hybrid"], columns=sepsis.SENSITIVE, original_stats=stats)
+    else:  # the noise view's values carried onto the original scale (the noise depends on the seed only)
+        noise, _ = _prepare(frames)
+        matched = pd.DataFrame(
+            {
+                col: stats[col][0] + stats[col][1] * noise.noise[:, j].double().numpy()
+                for col, j in zip(sepsis.SENSITIVE, noise.sensitive_features, strict=True)
+            }
+        )
+    outside = [
+        col for col, (lo, hi) in sepsis.BOUNDS.items() if ((matched[col] < lo) | (matched[col] > hi)).any()
+    ]
+    # Per-view scales: e.g. a hybrid Gender of 0 or 1 is a z-score of about ±1, which on the support
+    # set's scale is a little below 0 or above 1.
+    assert len(outside) >= 3, "the test must have zero-out values outside BOUNDS"
+    neighbour = dict(frames)
+    neighbour["original"] = frames["original"].copy()
+    neighbour["original"][sepsis.SENSITIVE] = matched.to_numpy()
+    data, prep = _prepare(neighbour, bounds=sepsis.BOUNDS, zero_out_view=view)
+    for col, (lo, hi) in prep.clip_.items():
+        assert lo <= sepsis.BOUNDS[col][0] and hi >= sepsis.BOUNDS[col][1]
+    public = data.view(view)
+    assert torch.allclose(data.original, public, atol=1e-5)
+    torch.manual_seed(0)
+    model = sepsis.build_model(data.num_features)  # dropout on: the views share masks
+    grads = per_example_gradients(
+        model, data.original[:64], public[:64], data.y[:64], loss_fn=binary_bce, reg_weight=0.5, c_h=1.0
+    )
+    assert all(torch.count_nonzero(g) == 0 for g in grads.values())
+    # The plain BOUNDS would move those zero-out neighbours off their public view.
+    plain, _ = _prepare(neighbour, bounds=sepsis.BOUNDS)
+    assert not torch.allclose(plain.original, public, atol=1e-5)
+
+
+def test_the_clip_ranges_do_not_depend_on_the_original_values():
+    frames = make_sepsis_frames()
+    changed = dict(frames)
+    changed["original"] = frames["original"].copy()
+    changed["original"].loc[0, "Age"] = math.inf
+    changed["original"].loc[1, "HospAdmTime"] = -1e33
+    for view in (None, "hybrid", "noise"):
+        a, prep_a = _prepare(frames, bounds=sepsis.BOUNDS, zero_out_view=view)
+        b, prep_b = _prepare(changed, bounds=sepsis.BOUNDS, zero_out_view=view)
+        assert prep_a.clip_ == prep_b.clip_
+        assert torch.isfinite(b.original).all()
+        # Only the changed rows moved, and to the ends of the ranges.
+        assert torch.equal(a.original[2:], b.original[2:])
+        age, adm = a.feature_names.index("Age"), a.feature_names.index("HospAdmTime")
+        assert b.original[0, age] == b.original[:, age].max()
+        assert b.original[1, adm] == b.original[:, adm].min()
+
+
+def test_bounds_are_required_for_every_numeric_sensitive_column():
+    frames = make_sepsis_frames()
+    bounds = {k: v for k, v in sepsis.BOUNDS.items() if k != "ICULOS"}
+    with pytest.raises(ValueError, match=r"public range .* none for \['ICULOS'\]"):
+        _prepare(frames, bounds=bounds)
+
+
+sepsis_script = load_script("train_fusiondp_sepsis")
+
+
+@pytest.mark.parametrize(
+    "mode,value", [("fusiondp", math.inf), ("fusiondp", 1e33), ("dpsgd", math.inf), ("sgd_ori", 1e400)]
+)
+def test_a_run_with_an_extreme_original_value_finishes_and_records_the_clipping(
+    tmp_path, calibrate_once, mode, value
+):
+    # The review's reproduction, small: one training row's Age is inf or 1e33 (1e400 reads as inf),
+    # and so is one test row's. Before the fix the run stopped ("predictions contain NaN or inf")
+    # exactly when that training row was sampled; evaluation always did.
+    frames = make_sepsis_frames()
+    frames["original"].loc[3, "Age"] = value
+    frames["test"].loc[5, "Age"] = value
+    data_dir = write_sepsis_dir(tmp_path / "sepsis", frames)
+    assert not np.isfinite(pd.read_csv(data_dir / sepsis.FILES["train"])["Age"]).all() or value == 1e33
+    record = sepsis_script.main(sepsis_args(data_dir, "--mode", mode, "--epochs", "3"))
+    for key in ("val_auroc", "val_aupr", "test_auroc", "test_aupr", "test_f1"):
+        assert math.isfinite(record[key]), key
+    ranges = record["original_values_clipped_to_bounds"]
+    numeric_sensitive = [c for c in sepsis.SENSITIVE if c not in sepsis.CATEGORICAL]
+    assert sorted(ranges) == sorted(numeric_sensitive)
+    for col, (lo, hi) in ranges.items():
+        assert math.isfinite(lo) and math.isfinite(hi)
+        if mode == "fusiondp":  # widened to hold the zero-out values against the hybrid view
+            assert lo <= sepsis.BOUNDS[col][0] and hi >= sepsis.BOUNDS[col][1]
+            assert "zero-out" in record["original_values_clip_rule"]
+        else:  # no zero-out neighbour (dpsgd's hybrid rows are private): the public BOUNDS as declared
+            assert (lo, hi) == sepsis.BOUNDS[col]
+    # The ranges only: no count of clipped values (a statistic of the original values) anywhere.
+    assert not [
+        k
+        for k in record
+        if "clip" in k and k not in ("original_values_clipped_to_bounds", "original_values_clip_rule")
+    ]
