@@ -16,8 +16,10 @@ book-keeping; Li et al. 2022, ghost norms):
    of it. Where that is cheaper (few positions per example, wide layers), the squared norm is the
    ghost norm Σ_{s,t} (g_is·g_it)(a_is·a_it), never forming the gradient; otherwise the layer's
    per-example gradient is formed (it is small: a LayerNorm, CAML's convolution, a narrow head).
-4. With c_i = min(1, C / (‖∇L_i‖ + 1e-6)), the clipped sum of a ghost layer is one matmul,
-   Σ_i c_i Σ_s g_is a_isᵀ; of a materialised layer, Σ_i c_i ∇L_i.
+4. With c_i = min(1, C / (‖∇L_i‖ + 1e-6)) (:func:`clip_factors`), the clipped sum of a ghost layer
+   is one matmul, Σ_i c_i Σ_s g_is a_isᵀ; of a materialised layer, Σ_i c_i ∇L_i. An example whose
+   norm is not finite (a NaN or inf in its gradient, or a squared norm that overflows) has c_i = 0
+   and its tensors are zeroed with ``torch.where`` before the sums (0 · inf is NaN in a product).
 
 Why not Opacus. Its wrappers (GradSampleModule, ghost clipping) clip per ROW of the batch, while a
 FusionDP example spans two rows (original and hybrid views) whose gradients must be added BEFORE the
@@ -67,6 +69,29 @@ def _example_sum(t: Tensor, keep: int) -> Tensor:
     """Sum ``(views, batch, *positions, *kept)`` over views and positions: ``(batch, *kept)``."""
     t = t.sum(dim=0)
     return t.sum(dim=tuple(range(1, t.dim() - keep))) if t.dim() > keep + 1 else t
+
+
+def clip_factors(norms: Tensor, *, max_grad_norm: float) -> Tensor:
+    """Per-example clip factors c_i = min(1, C / (‖g_i‖ + 1e-6)), and c_i = 0 where ‖g_i‖ is not finite.
+
+    A NaN or inf anywhere in g_i makes its norm NaN or inf, whose factor would be NaN (and 0 · inf is
+    NaN too): such an example contributes nothing. So does a finite gradient whose squared norm
+    overflows (in float32, entries of about 1e19 and more): dropping it is as private as clipping it,
+    since every example's contribution, zero or clipped, has norm at most C. The decision is made
+    here, inside the mechanism, and is not reported: callers must not count the zeros. The vmap
+    reference and book-keeping share this rule (:func:`fusiondp.mechanism.step.clip_and_accumulate`).
+    """
+    return torch.where(torch.isfinite(norms), (max_grad_norm / (norms + 1e-6)).clamp(max=1.0), 0.0)
+
+
+def excluding(t: Tensor, keep: Tensor, *, dim: int = 0) -> Tensor:
+    """``t`` with the slices of examples that are not kept (``keep[i]`` False, along ``dim``) set to 0.
+
+    A mask, not a product: a NaN or inf entry times the factor 0 would still be NaN.
+    """
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    return torch.where(keep.view(shape), t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
 def _check_layout(t: Tensor, views: int, batch: int, name: str) -> None:
@@ -282,9 +307,15 @@ def clipped_sum(
             norm_sq = norm_sq + gs.flatten(start_dim=1).pow(2).sum(dim=1)
 
     norms = norm_sq.sqrt()
-    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    summed = {name: torch.einsum("b,b...->...", factors, gs) for name, gs in per_example.items()}
+    factors = clip_factors(norms, max_grad_norm=max_grad_norm)
+    keep = torch.isfinite(norms)  # the others have factor 0 and are zeroed, not multiplied by it
+    summed = {
+        name: torch.einsum("b,b...->...", factors, excluding(gs, keep)) for name, gs in per_example.items()
+    }
     for module, a, g in ghost:
+        # The activations too: an excluded example's input row may be inf or NaN, and its product
+        # with a zero weight in the matmul would be NaN.
+        g, a = excluding(g, keep, dim=1), excluding(a, keep, dim=1)
         weighted = (g * factors[:, None]).reshape(-1, g.shape[-1])  # rows (view, example), scaled by c_i
         summed[names[module.weight]] = weighted.T @ a.reshape(-1, a.shape[-1])
         if module.bias is not None:

@@ -87,12 +87,12 @@ def support_statistics(support: pd.DataFrame | None, columns: Sequence[str], *, 
 
 
 def check_bounds(bounds: Mapping[str, tuple[float, float]], columns: Sequence[str]) -> None:
-    """Every column has a finite, non-empty declared range."""
+    """Every column has a finite, non-empty declared range (checks the declaration, never the data)."""
     missing = [c for c in columns if c not in bounds]
     if missing:
         raise ValueError(
-            f"--scaling dp needs a public range (lo, hi) for every numeric sensitive column; the dataset "
-            f"script declares none for {missing}."
+            f"every numeric sensitive column needs a public range (lo, hi) in the dataset module's BOUNDS "
+            f"(original values are clipped to it, and --scaling dp estimates within it); none for {missing}."
         )
     for col in columns:
         lo, hi = bounds[col]

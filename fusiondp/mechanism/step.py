@@ -5,7 +5,8 @@ Phases of one step, in order:
 1. ``public_gradient``: noise-free gradient of the mean loss on a batch of a public view.
 2. ``per_example_gradients``: torch.func (vmap over grad of functional_call) gradients of each
    private term L_i, one forward pass per row that evaluates both views together.
-3. ``clip_and_accumulate``: each per-example gradient scaled to norm ≤ C, then summed.
+3. ``clip_and_accumulate``: each per-example gradient scaled to norm ≤ C (zeroed where its norm is
+   not finite), then summed.
 4. ``add_noise``: N(0, σ²C²) on every coordinate of the sum.
 5. scale by 1/b (the expected Poisson batch size; or the realised size, for reference runs).
 6. ``apply_update``: θ ← θ − lr · (w_pub · g_pub + w_priv · g_priv), then project onto ‖θ‖ ≤ M.
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from fusiondp.mechanism.clipping import METHODS, clipped_sum, unsupported_reason
+from fusiondp.mechanism.clipping import METHODS, clip_factors, clipped_sum, excluding, unsupported_reason
 from fusiondp.mechanism.regularizer import consistency_penalty
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -164,11 +165,16 @@ def per_example_norms(per_example: Grads) -> Tensor:
 def clip_and_accumulate(per_example: Grads, *, max_grad_norm: float) -> tuple[Grads, Tensor]:
     """Σ_i clip_C(g_i) and the per-example norms before clipping.
 
-    The factor min(1, C / (‖g_i‖ + 1e-6)) keeps every clipped norm ≤ C, as Opacus does.
+    The factor min(1, C / (‖g_i‖ + 1e-6)) keeps every clipped norm ≤ C, as Opacus does; an example
+    whose norm is not finite (NaN or inf in g_i, or an overflowing squared norm) contributes zero
+    (:func:`fusiondp.mechanism.clipping.clip_factors`), its gradient zeroed rather than multiplied by 0.
     """
     norms = per_example_norms(per_example)
-    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    summed = {name: torch.einsum("b,b...->...", factors, g) for name, g in per_example.items()}
+    factors = clip_factors(norms, max_grad_norm=max_grad_norm)
+    keep = torch.isfinite(norms)
+    summed = {
+        name: torch.einsum("b,b...->...", factors, excluding(g, keep)) for name, g in per_example.items()
+    }
     return summed, norms
 
 

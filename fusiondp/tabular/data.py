@@ -8,7 +8,10 @@ support set alone for sample-level DP, where every column of a training row is p
 numeric sensitive columns get their own scale (:mod:`fusiondp.mechanism.scaling` says why): the hybrid view
 its own rows' statistics, the original view (training rows, val and test) the ``original_stats``
 the caller obtained from public or DP sources. The original rows are only transformed; a category
-the vocabulary lacks (or a missing value) becomes an all-zero one-hot block.
+the vocabulary lacks (or a missing value) becomes an all-zero one-hot block. Given public ``bounds``,
+the original view's numeric sensitive values (training rows, val and test) are clipped to them before
+they are standardised (:func:`original_clip_bounds`): an inf or 1e33 becomes a value in range, row by
+row, whatever the other rows hold.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 
 from fusiondp.experiment.metrics import evaluate_binary
 from fusiondp.mechanism.regularizer import estimate_c_h_from_private, estimate_c_h_public
-from fusiondp.mechanism.scaling import Stats, column_statistics
+from fusiondp.mechanism.scaling import Stats, check_bounds, column_statistics
 
 
 def data_root() -> Path:
@@ -198,7 +202,8 @@ def load_imputed_splits(
 class TabularPreprocessor:
     """Mean-fill and standardise numeric columns; one-hot (or ordinal-code) categorical ones.
 
-    Fit it on public data only (see the module docstring).
+    Fit it on public data only (see the module docstring). Numeric columns in ``clip_`` are clipped
+    to their (lo, hi) before the fill and the standardisation (missing values stay missing).
     """
 
     numeric: list[str]
@@ -209,6 +214,7 @@ class TabularPreprocessor:
     vocab_: dict[str, list] = field(default_factory=dict)
     feature_names_: list[str] = field(default_factory=list)
     source_column_: list[str] = field(default_factory=list)
+    clip_: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def fit(self, public_frame: pd.DataFrame) -> TabularPreprocessor:
         for col in self.numeric:
@@ -232,7 +238,10 @@ class TabularPreprocessor:
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         parts = []
         for col in self.numeric:
-            values = pd.to_numeric(frame[col], errors="coerce").fillna(self.means_[col]).to_numpy(float)
+            values = pd.to_numeric(frame[col], errors="coerce")
+            if col in self.clip_:
+                values = values.clip(*self.clip_[col])  # inf too; NaN stays NaN (filled below)
+            values = values.fillna(self.means_[col]).to_numpy(float)
             parts.append(((values - self.means_[col]) / self.stds_[col])[:, None])
         for col in self.categorical:
             vocab = self.vocab_[col]
@@ -256,6 +265,15 @@ class TabularPreprocessor:
             stds_={**self.stds_, **{c: s for c, (_, s) in stats.items()}},
         )
         return copy
+
+    def with_clipping(self, bounds: Mapping[str, tuple[float, float]]) -> TabularPreprocessor:
+        """A copy that clips each numeric column in ``bounds`` to its (lo, hi) before standardising."""
+        unknown = sorted(set(bounds) - set(self.numeric))
+        if unknown:
+            raise ValueError(f"clipping bounds given for non-numeric or unknown column(s) {unknown}.")
+        return dataclasses.replace(
+            self, clip_={**self.clip_, **{c: (lo, hi) for c, (lo, hi) in bounds.items()}}
+        )
 
     def feature_indices(self, columns: Sequence[str]) -> list[int]:
         wanted = set(columns)
@@ -336,6 +354,41 @@ def zero_out_values(hybrid: pd.DataFrame, *, columns: Sequence[str], original_st
     return out
 
 
+def original_clip_bounds(
+    bounds: Mapping[str, tuple[float, float]], *, zero_out_values_of: Mapping[str, np.ndarray] | None = None
+) -> dict[str, tuple[float, float]]:
+    """The range each numeric sensitive column of the ORIGINAL view is clipped to before standardising.
+
+    ``bounds``: the dataset's public ranges (its module's ``BOUNDS``), one per column clipped. An
+    original value outside them (an inf, a 1e33 typo, a tail) moves to the nearer end: the row alone
+    decides where its value goes, so this is part of the per-row input, not a statistic. Without it
+    an inf reached the model (the step now also drops a non-finite gradient; privacy review item 1).
+
+    ``zero_out_values_of``: for the split modes, every training row's zero-out value per column (the
+    value at which its original view equals its public view: :func:`zero_out_values` for the hybrid
+    view, μ_o + σ_o·z for the noise view). The range is widened to hold all of them, so that clipping
+    never moves a zero-out neighbour off its public view (per-view scales put many of them outside
+    ``BOUNDS``: on the sepsis release with the support scale, a quarter to a third of the rows'
+    Gender, Unit1, Unit2 and HospAdmTime values). They are functions of public rows and of the
+    public (or DP) original view's statistics only, so the widened range is public too.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for col, (lo, hi) in bounds.items():
+        lo, hi = float(lo), float(hi)
+        if zero_out_values_of is not None and col in zero_out_values_of:
+            values = np.asarray(zero_out_values_of[col], dtype=float)
+            values = values[~np.isnan(values)]
+            if len(values):  # a missing zero-out value stays missing: clipping leaves NaN alone
+                lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(
+                f"clipping range of {col!r} is ({lo!r}, {hi!r}): the public view or the original view's "
+                "statistics hold a non-finite value."
+            )
+        out[col] = (lo, hi)
+    return out
+
+
 def prepare_tabular(
     original: pd.DataFrame,
     hybrid: pd.DataFrame,
@@ -350,6 +403,8 @@ def prepare_tabular(
     one_hot: bool = True,
     noise_seed: int = 0,
     shared_fit: pd.DataFrame | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    zero_out_view: str | None = None,
 ) -> tuple[TabularData, TabularPreprocessor]:
     """Build every view; return the data and the ORIGINAL view's preprocessor (val/test use it too).
 
@@ -361,6 +416,13 @@ def prepare_tabular(
 
     The noise view is the hybrid view with the sensitive feature columns replaced by N(0, 1) draws
     (seeded by ``noise_seed``), so it never reads an original sensitive value either.
+
+    ``bounds``: public ranges of the numeric sensitive columns (every one of them); the original view
+    (training rows, val, test) is clipped to :func:`original_clip_bounds` of them, widened to hold
+    the zero-out values of ``zero_out_view`` (``"hybrid"`` or ``"noise"``: the public view the
+    private term is the difference against; None when there is no zero-out neighbour, e.g. dpsgd,
+    whose hybrid rows are private). The hybrid and noise views are public and are not clipped.
+    ``original_prep.clip_`` holds the ranges used (for the record).
     """
     columns = [*public, *sensitive]
     numeric = [c for c in columns if c not in set(categorical)]
@@ -372,6 +434,8 @@ def prepare_tabular(
     base.fit((hybrid if shared_fit is None else shared_fit)[columns])
     hybrid_prep = base.with_statistics(column_statistics(hybrid, numeric_sensitive))
     original_prep = base.with_statistics({c: original_stats[c] for c in numeric_sensitive})
+    if zero_out_view not in (None, "hybrid", "noise"):
+        raise ValueError(f"zero_out_view must be None, 'hybrid' or 'noise', got {zero_out_view!r}.")
 
     def tensor(frame: pd.DataFrame, prep: TabularPreprocessor) -> Tensor:
         return torch.from_numpy(prep.transform(frame[columns]))
@@ -384,6 +448,21 @@ def prepare_tabular(
     x_noise = x_hybrid.clone()
     generator = torch.Generator().manual_seed(noise_seed)
     x_noise[:, sensitive_features] = torch.randn(len(x_noise), len(sensitive_features), generator=generator)
+    if bounds is not None:
+        check_bounds(bounds, numeric_sensitive)
+        matched = None
+        if zero_out_view == "hybrid":
+            frame = zero_out_values(hybrid, columns=numeric_sensitive, original_stats=original_stats)
+            matched = {c: frame[c].to_numpy(float) for c in numeric_sensitive}
+        elif zero_out_view == "noise":
+            matched = {}
+            for col in numeric_sensitive:
+                (j,) = base.feature_indices([col])
+                mean, std = original_stats[col]
+                matched[col] = mean + std * x_noise[:, j].double().numpy()
+        original_prep = original_prep.with_clipping(
+            original_clip_bounds({c: bounds[c] for c in numeric_sensitive}, zero_out_values_of=matched)
+        )
     data = TabularData(
         original=tensor(original, original_prep),
         hybrid=x_hybrid,

@@ -113,7 +113,16 @@ def run_tabular(
     build_model: Callable[[int], nn.Module],
     extra_record: dict | None = None,
 ) -> dict:
-    """Scale each view (``--scaling``), build the tensors, train and record one tabular run."""
+    """Scale each view (``--scaling``), build the tensors, train and record one tabular run.
+
+    ``bounds`` (public, one per numeric sensitive column) also clip the original view's values before
+    they are standardised (:func:`fusiondp.tabular.data.original_clip_bounds`); the record names the ranges
+    used in ``original_values_clipped_to_bounds``, never how many values they moved (that count is a
+    statistic of the original values).
+    """
+    mode = get_mode(config.mode)
+    numeric_sensitive = [c for c in sensitive if c not in set(categorical)]
+    check_bounds(bounds, numeric_sensitive)
     plan, shared_fit = plan_tabular_scaling(
         config,
         frames,
@@ -122,7 +131,10 @@ def run_tabular(
         bounds=bounds,
         support_where=support_where,
     )
-    data, _ = prepare_tabular(
+    # Split modes: widen the ranges to hold every zero-out value of the public view the private term
+    # is the difference against. Others have no zero-out neighbour (dpsgd's hybrid rows are private).
+    zero_out_view = mode.public_view if mode.private_loss == "difference" else None
+    data, original_prep = prepare_tabular(
         frames["train"],
         frames["train_imputed"],
         frames["val"],
@@ -135,10 +147,25 @@ def run_tabular(
         noise_seed=config.seed,
         original_stats=plan.stats,
         shared_fit=shared_fit,
+        bounds=bounds,
+        zero_out_view=zero_out_view,
     )
+    clipping = {
+        "original_values_clipped_to_bounds": {c: list(r) for c, r in original_prep.clip_.items()},
+        "original_values_clip_rule": (
+            "original view's numeric sensitive values (training rows, val, test) clipped to the dataset's "
+            "public BOUNDS"
+            + (
+                f", widened to hold every training row's zero-out value against the {zero_out_view} view"
+                if zero_out_view
+                else ""
+            )
+            + ", before standardising; the public views are not clipped"
+        ),
+    }
     notes = []
     categorical_sensitive = [c for c in sensitive if c in set(categorical)]
-    if get_mode(config.mode).public_view == NOISE and categorical_sensitive:
+    if mode.public_view == NOISE and categorical_sensitive:
         notes.append(
             f"the noise view puts N(0,1) values into the one-hot columns of {categorical_sensitive}, which no "
             "real row has: its zero-out neighbour is not a real data set, so only the replace-one epsilon "
@@ -150,7 +177,7 @@ def run_tabular(
         data=data,
         build_model=lambda: build_model(data.num_features),
         loss_fn=binary_bce,
-        extra_record={"sensitive_columns": list(sensitive), **(extra_record or {})},
+        extra_record={"sensitive_columns": list(sensitive), **clipping, **(extra_record or {})},
         scaling=plan,
         privacy_notes=notes,
     )
