@@ -81,3 +81,13 @@ def test_no_import_cycles():
         if start not in state:
             visit(start, [start])
     assert cycles == []
+
+
+def test_paths_computed_from_a_module_location_still_name_the_repository(monkeypatch):
+    """Moving a module one folder down must not move what it locates from its own file."""
+    from fusiondp.experiment import launch
+    from fusiondp.tabular.data import data_root
+
+    monkeypatch.delenv("FUSIONDP_DATA", raising=False)
+    assert data_root() == REPO.parent / "shared" / "data"
+    assert launch.REPO == REPO

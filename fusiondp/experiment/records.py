@@ -29,7 +29,7 @@ runs (reproducibility is their point); a model meant for release is trained with
 
 def git_commit() -> str | None:
     """The repository's HEAD commit (with '+dirty' when the tree has changes), or None outside git."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository (fusiondp/experiment/records.py)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
