@@ -12,6 +12,8 @@ import torch
 from fusiondp.mechanism.accounting import ACCOUNTANTS, NEIGHBOURING_FLAGS
 from fusiondp.mechanism.modes import MODES
 from fusiondp.mechanism.scaling import SCALING_SOURCES
+from fusiondp.mechanism.tuning import DISTRIBUTIONS as TRIAL_DISTRIBUTIONS
+from fusiondp.mechanism.tuning import TUNING_PROTOCOLS
 
 
 def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argparse.ArgumentParser:
@@ -152,6 +154,32 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
         "trainable layer has a rule, else vmap, said in the log and the record). Same numbers up to "
         "float summation order (default: %(default)s)",
     )
+
+    t = parser.add_argument_group("tuning (set by scripts/tune.py for each trial of a study)")
+    t.add_argument(
+        "--tuning_protocol",
+        choices=TUNING_PROTOCOLS,
+        default=None,
+        help="this run is one trial of a tuning study: idealised (sigma for --epsilon per run, the cost "
+        "of tuning NOT counted, as papers usually report) or honest (--epsilon is the TOTAL of releasing "
+        "the best of K random trials, Papernot & Steinke; sigma calibrated for it; needs --accountant rdp)",
+    )
+    t.add_argument(
+        "--tuning_trials",
+        choices=TRIAL_DISTRIBUTIONS,
+        default=None,
+        help="honest: the distribution of the number of trials K (default: truncated_negative_binomial)",
+    )
+    t.add_argument(
+        "--tuning_mean_trials", type=float, default=None, help="honest: the mean of K (default: 10)"
+    )
+    t.add_argument(
+        "--tuning_eta",
+        type=float,
+        default=None,
+        help="honest, truncated negative binomial: eta (default: 0.5)",
+    )
+    t.add_argument("--tuning_study", default=None, help="the study's name (recorded, never used)")
 
     o = parser.add_argument_group("output")
     o.add_argument(

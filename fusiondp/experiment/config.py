@@ -21,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusiondp.mechanism.accounting import REPLACE_ONE
 from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.tuning import TrialCount
 
-OMITTED_WHEN_UNSET = frozenset({"mix_weight"})
+OMITTED_WHEN_UNSET = frozenset(
+    {"mix_weight", "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study"}
+)
 """Flags added after records existed: left out of the settings while unset, so that a run without them
 has the same settings (and skip-matching) as before the flag existed."""
 
@@ -70,6 +74,11 @@ class RunConfig:
     scaling_noise_multiplier: float = 20.0
     max_private_noise: float = 3.0
     per_example: str = "auto"
+    tuning_protocol: str | None = None
+    tuning_trials: str | None = None
+    tuning_mean_trials: float | None = None
+    tuning_eta: float | None = None
+    tuning_study: str | None = None
     results_json: str | None = None
     no_progress: bool = False
     skip_existing: bool = False
@@ -116,6 +125,18 @@ class RunConfig:
         return run_settings({k: flags[k] for k in ordered})
 
     # ------------------------------------------------------------------ what the flags mean
+
+    @property
+    def trial_count(self) -> TrialCount | None:
+        """The distribution of the number of trials of the honest protocol (None otherwise)."""
+        if self.tuning_protocol != "honest":
+            return None
+        defaults = TrialCount()
+        return TrialCount(
+            self.tuning_trials or defaults.distribution,
+            mean=defaults.mean if self.tuning_mean_trials is None else self.tuning_mean_trials,
+            eta=defaults.eta if self.tuning_eta is None else self.tuning_eta,
+        )
 
     @property
     def is_naive(self) -> bool:
@@ -166,6 +187,7 @@ class RunConfig:
             raise ValueError(
                 f"--beta mixes two gradients in {self.mode} and must lie in [0, 1], got {self.beta!r}."
             )
+        self._validate_tuning()
         if self.max_private_noise < 0:
             raise ValueError(
                 f"--max_private_noise must be >= 0 (0: fixed --alpha), got {self.max_private_noise!r}."
@@ -173,6 +195,40 @@ class RunConfig:
         if not self.scaling_noise_multiplier > 0:
             raise ValueError(
                 f"--scaling_noise_multiplier must be > 0, got {self.scaling_noise_multiplier!r}."
+            )
+
+    def _validate_tuning(self) -> None:
+        honest_only = {"tuning_trials": self.tuning_trials, "tuning_mean_trials": self.tuning_mean_trials,
+                       "tuning_eta": self.tuning_eta}  # fmt: skip
+        if self.tuning_protocol != "honest":
+            given = [f"--{k}" for k, v in honest_only.items() if v is not None]
+            if given:
+                raise ValueError(
+                    f"{given} describe the honest protocol's K; this run's --tuning_protocol is {self.tuning_protocol!r}."
+                )
+            return
+        try:
+            self.trial_count  # noqa: B018 - validates the distribution, mean and eta
+        except ValueError as err:
+            raise ValueError(f"--tuning_*: {err}") from None
+        mode = get_mode(self.mode)
+        if not mode.private:
+            raise ValueError(
+                f"--tuning_protocol honest calibrates sigma for a tuned total; mode {self.mode!r} has none."
+            )
+        if self.accountant != "rdp":
+            raise ValueError(
+                f"--tuning_protocol honest needs --accountant rdp (got {self.accountant!r}): the cost of tuning "
+                "(dp-accounting's RepeatAndSelectDpEvent) is computed by the RDP accountant only."
+            )
+        if mode.relation == REPLACE_ONE or self.neighbouring == "replace_one":
+            raise ValueError(
+                f"--tuning_protocol honest: mode {self.mode!r} is calibrated for replace-one, which the RDP "
+                "accountant does not analyse; tune it under the idealised protocol."
+            )
+        if self.scaling == "dp":
+            raise ValueError(
+                "--tuning_protocol honest with --scaling dp is not supported: use --scaling support."
             )
 
 

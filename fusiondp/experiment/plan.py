@@ -23,11 +23,13 @@ from fusiondp.mechanism.accounting import (
     PrivacySpec,
     calibration_plan,
     make_privacy_spec,
+    num_steps,
     statistics_epsilon,
 )
 from fusiondp.mechanism.modes import ModeSpec
 from fusiondp.mechanism.scaling import ScalingPlan
 from fusiondp.mechanism.step import StepConfig
+from fusiondp.mechanism.tuning import RunSetting, calibrate_for_tuning, run_epsilon, tuned_epsilon
 
 
 def resolve_c_h(
@@ -77,6 +79,22 @@ def privacy_spec_for(
         neighbouring=config.neighbouring,
         accountant=config.accountant,
     )
+    sigma = None
+    trials = config.trial_count
+    if trials is not None:  # honest tuning: --epsilon is the total over the study, tuning included
+        sample_rate = config.batch_size / num_rows
+        steps = num_steps(epochs=config.epochs, num_rows=num_rows, batch_size=config.batch_size)
+        (sigma,) = calibrate_for_tuning(
+            [(sample_rate, steps)],
+            epsilon=config.epsilon,
+            delta=config.delta,
+            trials=trials,
+            relation=relation,
+        ).values()
+        notes = [
+            *notes,
+            f"sigma calibrated for a total epsilon of {config.epsilon} over a study of K ~ {trials.describe()} trials",
+        ]
     spec = make_privacy_spec(
         epsilon=config.epsilon,
         delta=config.delta,
@@ -87,8 +105,34 @@ def privacy_spec_for(
         relation=relation,
         zero_out_term_vanishes=mode.private_loss == "difference",
         stats_noise_multiplier=stats_noise_multiplier,
+        noise_multiplier=sigma,
     )
     return dataclasses.replace(spec, notes=tuple(notes))
+
+
+def tuning_summary(config: RunConfig, privacy: PrivacySpec | None) -> dict:
+    """What a trial of a tuning study records: the protocol, and under the honest one the per-run ε and
+    the total of releasing the best of K trials (tuning included). Empty for a run outside a study."""
+    if config.tuning_protocol is None:
+        return {}
+    summary = {"tuning_protocol": config.tuning_protocol, "tuning_study": config.tuning_study}
+    if config.tuning_protocol == "idealised" or privacy is None:
+        return {**summary, "cost_of_tuning": "not counted: epsilon is per run (idealised protocol)",
+                "epsilon_with_tuning": None}  # fmt: skip
+    trials = config.trial_count
+    setting = RunSetting(privacy.noise_multiplier, privacy.sample_rate, privacy.steps)
+    return {
+        **summary,
+        "cost_of_tuning": (
+            f"counted: the best of K ~ {trials.describe()} trials, Papernot & Steinke's bound "
+            "(dp-accounting RepeatAndSelectDpEvent, RDP)"
+        ),
+        "tuning_trials": trials.distribution,
+        "tuning_mean_trials": trials.mean,
+        "tuning_eta": trials.eta if trials.distribution == "truncated_negative_binomial" else None,
+        "epsilon_per_run_rdp": run_epsilon(setting, delta=config.delta),
+        "epsilon_with_tuning": tuned_epsilon([setting], delta=config.delta, trials=trials),
+    }
 
 
 def private_weight(config: RunConfig, mode: ModeSpec, *, privacy: PrivacySpec | None) -> tuple[float, str]:

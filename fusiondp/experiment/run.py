@@ -17,6 +17,7 @@ from fusiondp.experiment.plan import (
     resolve_c_h,
     rng_seeds,
     step_config_for,
+    tuning_summary,
 )
 from fusiondp.experiment.records import build_record
 from fusiondp.experiment.results import append_record, find_run
@@ -120,7 +121,7 @@ def run_experiment(
         log=log,
         train_seconds=train_seconds,
         device=str(device),
-        extra_record=extra_record,
+        extra_record={**tuning_summary(config, privacy), **(extra_record or {})},
     )
     if config.results_json:
         append_record(config.results_json, record)

@@ -432,8 +432,12 @@ def make_privacy_spec(
     relation: str = ZERO_OUT,
     zero_out_term_vanishes: bool = True,
     stats_noise_multiplier: float | None = None,
+    noise_multiplier: float | None = None,
 ) -> PrivacySpec:
     """Calibrate σ for (ε, δ) under ``relation`` given q = b/N and T = round(epochs·N/b).
+
+    ``noise_multiplier``: a σ already calibrated elsewhere (for a tuned total:
+    :func:`fusiondp.mechanism.tuning.calibrate_for_tuning`); the spec then states what it spends per run.
 
     With ``stats_noise_multiplier`` the DP scaling statistics are composed in first, so that σ is
     calibrated for the TOTAL; ``epsilon_without_statistics`` is what the same σ spends without them.
@@ -446,7 +450,11 @@ def make_privacy_spec(
     steps = num_steps(epochs=epochs, num_rows=num_rows, batch_size=batch_size)
     common = {"delta": delta, "sample_rate": sample_rate, "steps": steps}
     stats = {"stats_noise_multiplier": stats_noise_multiplier}
-    sigma = calibrate_sigma(epsilon=epsilon, accountant=accountant, relation=relation, **common, **stats)
+    sigma = (
+        calibrate_sigma(epsilon=epsilon, accountant=accountant, relation=relation, **common, **stats)
+        if noise_multiplier is None
+        else float(noise_multiplier)
+    )
     spent = epsilon_for(noise_multiplier=sigma, accountant=accountant, relation=relation, **common, **stats)
     without = (
         epsilon_for(noise_multiplier=sigma, accountant=accountant, relation=relation, **common)

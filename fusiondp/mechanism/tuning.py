@@ -48,6 +48,9 @@ from fusiondp.mechanism.accounting import ADD_REMOVE, EPSILON_TOLERANCE, RDP_ORD
 
 SHAPES = {"poisson": math.inf, "geometric": 1.0, "logarithmic": 0.0}
 DISTRIBUTIONS = (*SHAPES, "truncated_negative_binomial")
+TUNING_PROTOCOLS = ("idealised", "honest")
+"""idealised: a fixed number of trials, σ for ε per run, the cost of tuning not counted; honest: a
+random number of trials K and σ calibrated so that the total, tuning included, meets ε."""
 TUNING_RELATIONS = (ZERO_OUT, ADD_REMOVE)
 """Relations the RDP bound of tuning is computed for (see the module docstring)."""
 

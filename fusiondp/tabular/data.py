@@ -41,7 +41,9 @@ def data_root() -> Path:
     env = os.environ.get("FUSIONDP_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "shared" / "data"  # fusiondp/tabular/data.py → ../shared/data
+    return (
+        Path(__file__).resolve().parents[3] / "shared" / "data"
+    )  # fusiondp/tabular/data.py → ../shared/data
 
 
 def read_csv(path: str | os.PathLike, *, what: str, hint: str = "") -> pd.DataFrame:
