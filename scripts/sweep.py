@@ -71,6 +71,7 @@ from fusiondp.experiment.launch import (
     Progress,
     Run,
     SubmititTask,
+    add_launcher_args,
     sbatch_script,
     submitit_folder,
 )
@@ -242,53 +243,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("extra", nargs="*", help="after --: flags passed to every run of the train script")
 
-    how = parser.add_argument_group("how to run")
-    how.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local")
-    how.add_argument(
-        "--jobs", type=int, default=1, help="local: runs at a time; ray without address: their CPUs"
-    )
-    how.add_argument("--poll", type=float, default=None, help="seconds between status checks")
-    how.add_argument(
-        "--dry_run", action="store_true", help="print the runs (and, for slurm, the sbatch script)"
-    )
+    how = add_launcher_args(parser)
     how.add_argument("--no_table", action="store_true", help="no mean ± std table at the end")
     how.add_argument("--table_metrics", nargs="+", default=None, help="metrics of the final table")
-
-    slurm = parser.add_argument_group("slurm (submitit)")
-    slurm.add_argument("--partition", default=None)
-    slurm.add_argument("--time", type=int, default=60, help="minutes per task (default: %(default)s)")
-    slurm.add_argument("--gpus", type=int, default=0, help="GPUs per task")
-    slurm.add_argument("--cpus", type=int, default=2, help="CPUs per task, and its OMP_NUM_THREADS")
-    slurm.add_argument("--mem", type=float, default=None, help="GB of memory per task")
-    slurm.add_argument("--array_parallelism", type=int, default=256, help="tasks of the array at a time")
-    slurm.add_argument("--account", default=None)
-    slurm.add_argument("--qos", default=None)
-    slurm.add_argument("--constraint", default=None)
-    slurm.add_argument("--job_name", default=None)
-    slurm.add_argument(
-        "--slurm_setup",
-        nargs="+",
-        default=None,
-        metavar="LINE",
-        help="shell lines run before each task, e.g. 'source .venv/bin/activate'",
-    )
-    slurm.add_argument("--signal_delay_s", type=int, default=120, help="USR2 this long before the time limit")
-    slurm.add_argument("--max_requeues", type=int, default=3, help="requeues of a timed-out task")
-    slurm.add_argument("--submitit_folder", default=None, help="submitit's files (default: LOGS/submitit)")
-    slurm.add_argument(
-        "--submitit_cluster",
-        choices=["slurm", "local"],
-        default="slurm",
-        help="local: submitit's local executor (every task at once, here), to try the array without a cluster",
-    )
-    slurm.add_argument("--no_wait", action="store_true", help="submit and return")
-
-    ray_group = parser.add_argument_group("ray")
-    ray_group.add_argument(
-        "--ray_address", default=None, help="e.g. auto or ray://head:10001 (default: a local Ray)"
-    )
-    ray_group.add_argument("--cpus_per_run", type=int, default=1)
-    ray_group.add_argument("--gpus_per_run", type=float, default=0)
     return parser
 
 

@@ -31,6 +31,8 @@ SPLITS = {"support": 512, "train": 40_000, "val": 4_000, "test": 4_000}
 BOUNDS = {"age": (16.0, 100.0)}  # public domain knowledge (working-age census respondents), for --scaling dp
 TRAINING_DEFAULTS = dict(BANK_DEFAULTS)
 """No reference command for Adult: the bank reference's values (train_fusiondp_adult.py's defaults)."""
+TUNING_BATCHES = ["batch_size=128,epochs=10", "batch_size=512,epochs=10", "batch_size=1024,epochs=20"]
+"""Expected batch sizes, each with its epochs, that scripts/tune.py searches (the reference first)."""
 build_model = small_tabular_mlp  # d → 64 → 32 → 1, the authors' bank/adult MLP
 
 

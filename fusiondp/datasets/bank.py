@@ -34,6 +34,8 @@ TRAINING_DEFAULTS = dict(
     seed=66,
 )
 """The paper authors' reference command (their README), as train_fusiondp_bank.py's defaults."""
+TUNING_BATCHES = ["batch_size=128,epochs=10", "batch_size=512,epochs=10", "batch_size=1024,epochs=20"]
+"""Expected batch sizes, each with its epochs, that scripts/tune.py searches (the reference first)."""
 build_model = small_tabular_mlp  # d → 64 → 32 → 1, the authors' bank/adult MLP
 
 

@@ -56,6 +56,8 @@ BOUNDS = {  # public domain knowledge, for --scaling dp (values outside are clip
 FILES = {"train": "train_ori.csv", "train_imputed": "train_hybrid.csv", "val": "val.csv", "test": "test.csv"}
 """The release's files, by split (the split names every layer uses: train, train_imputed, val, test)."""
 SUPPORT_FILE = "support.csv"
+TUNING_BATCHES = ["batch_size=128,epochs=13", "batch_size=512,epochs=13", "batch_size=1024,epochs=26"]
+"""Expected batch sizes, each with its epochs, that scripts/tune.py searches (the reference first)."""
 SUPPORT_ROWS = 512
 SUPPORT_SEED = 66
 RELEASE_IMPUTER = (

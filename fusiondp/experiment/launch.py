@@ -402,3 +402,54 @@ LAUNCHERS: dict[str, Callable[..., list[Outcome] | None]] = {
     "slurm": launch_slurm,
     "ray": launch_ray,
 }
+
+
+def add_launcher_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The flags of every launcher (``--launcher``, ``--jobs``, the slurm and ray groups), shared by
+    ``scripts/sweep.py`` and ``scripts/tune.py``; returns the "how to run" group for more flags."""
+    how = parser.add_argument_group("how to run")
+    how.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local")
+    how.add_argument(
+        "--jobs", type=int, default=1, help="local: runs at a time; ray without address: their CPUs"
+    )
+    how.add_argument("--poll", type=float, default=None, help="seconds between status checks")
+    how.add_argument(
+        "--dry_run", action="store_true", help="print the runs (and, for slurm, the sbatch script)"
+    )
+
+    slurm = parser.add_argument_group("slurm (submitit)")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--time", type=int, default=60, help="minutes per task (default: %(default)s)")
+    slurm.add_argument("--gpus", type=int, default=0, help="GPUs per task")
+    slurm.add_argument("--cpus", type=int, default=2, help="CPUs per task, and its OMP_NUM_THREADS")
+    slurm.add_argument("--mem", type=float, default=None, help="GB of memory per task")
+    slurm.add_argument("--array_parallelism", type=int, default=256, help="tasks of the array at a time")
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--qos", default=None)
+    slurm.add_argument("--constraint", default=None)
+    slurm.add_argument("--job_name", default=None)
+    slurm.add_argument(
+        "--slurm_setup",
+        nargs="+",
+        default=None,
+        metavar="LINE",
+        help="shell lines run before each task, e.g. 'source .venv/bin/activate'",
+    )
+    slurm.add_argument("--signal_delay_s", type=int, default=120, help="USR2 this long before the time limit")
+    slurm.add_argument("--max_requeues", type=int, default=3, help="requeues of a timed-out task")
+    slurm.add_argument("--submitit_folder", default=None, help="submitit's files (default: LOGS/submitit)")
+    slurm.add_argument(
+        "--submitit_cluster",
+        choices=["slurm", "local"],
+        default="slurm",
+        help="local: submitit's local executor (every task at once, here), to try the array without a cluster",
+    )
+    slurm.add_argument("--no_wait", action="store_true", help="submit and return")
+
+    ray_group = parser.add_argument_group("ray")
+    ray_group.add_argument(
+        "--ray_address", default=None, help="e.g. auto or ray://head:10001 (default: a local Ray)"
+    )
+    ray_group.add_argument("--cpus_per_run", type=int, default=1)
+    ray_group.add_argument("--gpus_per_run", type=float, default=0)
+    return how

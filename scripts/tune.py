@@ -1,0 +1,353 @@
+r"""Tune every mode with the same budget, select on validation, then run the winner over seeds.
+
+    python scripts/tune.py --dataset sepsis --modes dpsgd fusiondp --epsilon 2 --protocol idealised \
+        --trials 10 --results results/tune/sepsis_eps2_idealised --jobs 2
+    python scripts/tune.py --dataset sepsis --modes dpsgd fusiondp --epsilon 2 --protocol honest \
+        --mean_trials 10 --results results/tune/sepsis_eps2_honest -- --accountant rdp
+    python scripts/tune.py --dataset bank --modes dpsgd fusiondp --epsilon 1 --trials 10 \
+        --results results/tune/bank_eps1 --launcher slurm --partition cpu -- --one_hot --data_dir outputs/bank
+
+One study per mode, on Optuna (``RandomSampler`` seeded by ``--study_seed``: candidates independent and
+uniform over the mode's space, which the honest protocol's theorem requires; ``JournalStorage`` in
+``RESULTS/optuna.journal``). Every mode gets the same number of trials K:
+
+* ``--protocol idealised``: K = ``--trials``; each trial's σ meets ``--epsilon`` on its own, and the
+  records and table say "cost of tuning not counted" (what papers usually report).
+* ``--protocol honest``: K drawn once per study seed from ``--trials_distribution`` with mean
+  ``--mean_trials`` (Papernot & Steinke 2022); each trial's σ is calibrated so that releasing the best
+  of the K runs meets ``--epsilon`` in total (dp-accounting's RepeatAndSelectDpEvent, RDP accountant).
+  The validation rows the winner is selected on are declared public (labels and rows of the
+  evaluation split, never training rows); the records say so.
+
+All K candidates are drawn and stored before the first run, so a study that is stopped and started
+again runs exactly the trials that have no result yet: none lost, none repeated, and the same seed
+draws the same K and the same candidates. Each trial is one run of the train script, through the
+sweep's launchers (local processes, a SLURM array, Ray), its record in RESULTS. The winner is the
+trial with the best ``--select`` metric (a validation metric; a test metric is refused); it is then run
+with every seed of ``--seeds``. The table gives, per mode, the winner's test mean ± std over those
+seeds and the median and interquartile range of the test metric over all trials (how much the mode
+depends on its hyperparameters), and how long the study took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+try:
+    import fusiondp  # noqa: F401
+except ModuleNotFoundError:  # run by an interpreter without the package: say so in one line
+    raise SystemExit(
+        f"scripts/tune.py: {sys.executable} cannot import fusiondp. Run `make setup` and use "
+        ".venv/bin/python, or install the package into this interpreter (pip install -e '.[tune]')."
+    ) from None
+
+import numpy as np
+
+from fusiondp.datasets import DATASETS, dataset_module, train_script_name
+from fusiondp.experiment.launch import LAUNCHERS, Outcome, Progress, Run, add_launcher_args
+from fusiondp.experiment.results import load_records
+from fusiondp.experiment.search import as_argv, check_space, search_space, suggest
+from fusiondp.mechanism.tuning import DISTRIBUTIONS, TUNING_PROTOCOLS, TrialCount
+
+REPO = Path(__file__).resolve().parent.parent
+TUNED_MODES = ["dpsgd", "naive_fusion", "feature-dp", "calibrated_fusion", "fusiondp"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    what = parser.add_argument_group("the study")
+    what.add_argument("--dataset", choices=sorted(DATASETS), required=True)
+    what.add_argument("--modes", nargs="+", default=TUNED_MODES, help="default: %(default)s")
+    what.add_argument("--epsilon", type=float, required=True, help="per run (idealised) or in total (honest)")
+    what.add_argument("--protocol", choices=TUNING_PROTOCOLS, default="idealised")
+    what.add_argument("--trials", type=int, default=10, help="idealised: the number of trials per mode")
+    what.add_argument("--trials_distribution", choices=DISTRIBUTIONS, default="truncated_negative_binomial")
+    what.add_argument("--mean_trials", type=float, default=10.0, help="honest: the mean of K")
+    what.add_argument("--eta", type=float, default=0.5, help="honest, truncated negative binomial: eta")
+    what.add_argument("--study_seed", type=int, default=0, help="draws K and the candidates")
+    what.add_argument("--select", default="val_aupr", help="the validation metric the winner maximises")
+    what.add_argument(
+        "--seeds", nargs="+", type=int, default=[1, 2, 3], help="trials use the first; the winner all"
+    )
+    what.add_argument(
+        "--results", required=True, help="the study's folder: records, optuna.journal, summary.json"
+    )
+    what.add_argument("--logs", default=None, help="the runs' logs (default: RESULTS/logs)")
+    what.add_argument("extra", nargs="*", help="after --: flags passed to every run of the train script")
+    add_launcher_args(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = get_args_parser().parse_args(argv)
+    args.extra = [*args.extra, *extra]
+    return args
+
+
+def train_flags(script: Path) -> set[str]:
+    """The flags the train script accepts (its own parser, loaded from its file as the sweep does)."""
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {action.dest for action in module.get_args_parser()._actions}
+
+
+def check_args(args: argparse.Namespace, known: set[str]) -> None:
+    """Bad input ends in one line that names the flag and the value."""
+    if not args.select.startswith("val_"):
+        raise SystemExit(
+            f"--select {args.select!r}: the winner is chosen on a validation metric (val_*), never on test."
+        )
+    if args.protocol == "idealised" and args.trials < 1:
+        raise SystemExit(f"--trials must be >= 1, got {args.trials}")
+    if args.protocol == "honest":
+        try:
+            TrialCount(args.trials_distribution, mean=args.mean_trials, eta=args.eta)
+        except ValueError as err:
+            raise SystemExit(f"--mean_trials/--eta: {err}") from None
+        extra = dict(zip(args.extra[::2], args.extra[1::2], strict=False))
+        if extra.get("--accountant", "pld") != "rdp":
+            raise SystemExit(
+                "--protocol honest needs the RDP accountant (pass -- --accountant rdp): the cost of tuning, "
+                "dp-accounting's RepeatAndSelectDpEvent, is computed by it only; PLD cannot."
+            )
+    owned = {"--mode", "--epsilon", "--seed", "--results_json", "--tuning_protocol", "--tuning_study"}
+    clash = [t for t in args.extra if t.split("=", 1)[0] in owned]
+    if clash:
+        raise SystemExit(f"flags after -- must not set what the study sets ({sorted(owned)}); got {clash}")
+    for mode in args.modes:
+        try:
+            check_space(search_space(dataset_module(args.dataset), mode, protocol=args.protocol),
+                        known_flags=known, protocol=args.protocol)  # fmt: skip
+        except ValueError as err:
+            raise SystemExit(f"{mode}: {err}") from None
+
+
+def number_of_trials(args: argparse.Namespace) -> int:
+    """K: fixed (idealised), or drawn from the study seed (honest: the same seed draws the same K)."""
+    if args.protocol == "idealised":
+        return args.trials
+    trials = TrialCount(args.trials_distribution, mean=args.mean_trials, eta=args.eta)
+    return trials.draw(np.random.default_rng([args.study_seed, 0x7E57]))
+
+
+def study_name(args: argparse.Namespace, mode: str) -> str:
+    return f"{args.dataset}-{mode}-eps{args.epsilon:g}-{args.protocol}-seed{args.study_seed}"
+
+
+def open_study(args: argparse.Namespace, mode: str, k: int):
+    """The mode's study, with its K candidates drawn and stored at creation (never again)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(Path(args.results) / "optuna.journal")))
+    name = study_name(args, mode)
+    sampler = optuna.samplers.RandomSampler(seed=args.study_seed)
+    study = optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
+    if study.user_attrs.get("candidates_drawn"):
+        if study.user_attrs["trials"] != k:
+            raise SystemExit(
+                f"study {name} in {args.results} was drawn with K={study.user_attrs['trials']}, not {k}"
+            )
+        return study
+    space = search_space(dataset_module(args.dataset), mode, protocol=args.protocol)
+    for _ in range(k):
+        suggest(study.ask(), space)
+    study.set_user_attr("trials", k)
+    study.set_user_attr("space", {key: list(spec) for key, spec in space.items()})
+    study.set_user_attr("candidates_drawn", True)
+    return study
+
+
+def candidate_flags(trial, space_keys) -> list[str]:
+    """The stored candidate of a trial as train-script flags (bundles expanded)."""
+    from fusiondp.experiment.search import _bundle
+
+    flags: dict[str, str] = {}
+    for name in space_keys:
+        value = trial.params[name]
+        flags |= _bundle(value) or {name: repr(value) if isinstance(value, float) else str(value)}
+    return as_argv(flags)
+
+
+def run_for(args: argparse.Namespace, script: Path, mode: str, tag: str, flags: list[str], seed: int) -> Run:
+    study = study_name(args, mode)
+    honest = (
+        ["--tuning_trials", args.trials_distribution, "--tuning_mean_trials", str(args.mean_trials)]
+        + (
+            ["--tuning_eta", str(args.eta)]
+            if args.trials_distribution == "truncated_negative_binomial"
+            else []
+        )
+        if args.protocol == "honest"
+        else []
+    )
+    argv = ["--mode", mode, "--epsilon", f"{args.epsilon:g}", "--seed", str(seed), *flags,
+            "--tuning_protocol", args.protocol, "--tuning_study", f"{study}/{tag}", *honest,
+            "--results_json", str(Path(args.results).resolve()) + "/", "--skip_existing", "--no_progress",
+            *args.extra]  # fmt: skip
+    name = f"{mode} {tag} seed={seed}"
+    log = str(Path(args.logs) / f"{mode}_{tag}_s{seed}.log")
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // args.jobs))
+    return Run(name, str(script), tuple(argv), log, threads if args.launcher == "local" else args.cpus)
+
+
+def launch(args: argparse.Namespace, runs: list[Run]) -> list[Outcome]:
+    if not runs:
+        return []
+    progress = Progress(total=len(runs), slots=args.jobs)
+    outcomes = LAUNCHERS[args.launcher](runs, args, progress) or []
+    progress.show()
+    progress.close()
+    return outcomes
+
+
+def records_by_study(results: str) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for record in load_records(results) if Path(results).exists() else []:
+        found.setdefault(record.get("tuning_study") or "", []).append(record)
+    return found
+
+
+def summarise(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    array = np.asarray(values, dtype=float)
+    q1, median, q3 = np.percentile(array, [25, 50, 75])
+    return {"n": len(values), "mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(values) > 1 else 0.0,
+            "median": float(median), "q1": float(q1), "q3": float(q3)}  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> dict:
+    script = REPO / train_script_name(args.dataset)
+    check_args(args, train_flags(script))
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    args.logs = str(Path(args.logs) if args.logs else results / "logs")
+    args.poll = args.poll if args.poll is not None else 0.5
+    k = number_of_trials(args)
+    metric = args.select.replace("val_", "test_", 1)
+    print(f"{args.protocol} protocol, K = {k} trial(s) per mode (study seed {args.study_seed}), "
+          f"winner by {args.select}, results in {results}", file=sys.stderr)  # fmt: skip
+    started = time.time()
+    studies = {mode: open_study(args, mode, k) for mode in args.modes}
+
+    # 1. Every trial without a result, all modes together (a resumed study runs only those).
+    pending = []
+    for mode, study in studies.items():
+        keys = list(study.user_attrs["space"])
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.name == "RUNNING":
+                pending.append(
+                    run_for(
+                        args,
+                        script,
+                        mode,
+                        f"trial{trial.number}",
+                        candidate_flags(trial, keys),
+                        args.seeds[0],
+                    )
+                )
+    launch(args, pending)
+    found = records_by_study(args.results)
+    for study in studies.values():
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.name != "RUNNING":
+                continue
+            records = found.get(f"{study.study_name}/trial{trial.number}", [])
+            if records:
+                study.tell(trial.number, float(records[0][args.select]))
+            # else: the run failed; the trial stays open and the next start runs it again
+
+    # 2. The winner of each mode on validation, then its seeds.
+    finals, summary = [], {}
+    for mode, study in studies.items():
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if len(done) < k:
+            print(f"{mode}: {k - len(done)} trial(s) failed (see {args.logs}); run the study again to retry them",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        best = max(done, key=lambda t: (t.value, -t.number))
+        flags = candidate_flags(best, list(study.user_attrs["space"]))
+        # The winning trial already ran with the first seed; the others run as "final".
+        finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]
+        summary[mode] = {
+            "best_trial": best.number,
+            "best_params": best.params,
+            "best_" + args.select: best.value,
+        }
+    launch(args, finals)
+    found = records_by_study(args.results)
+    for mode, study in studies.items():
+        if mode not in summary:
+            continue
+        trial_records = [
+            r for n, rs in found.items() if n.startswith(f"{study.study_name}/trial") for r in rs
+        ]
+        best = found.get(f"{study.study_name}/trial{summary[mode]['best_trial']}", [])
+        final = best[:1] + found.get(f"{study.study_name}/final", [])
+        first = (final or trial_records or [{}])[0]
+        summary[mode] |= {
+            "protocol": args.protocol,
+            "trials": k,
+            "epsilon": args.epsilon,
+            "epsilon_with_tuning": first.get("epsilon_with_tuning"),
+            "epsilon_per_run": first.get("epsilon_spent"),
+            "cost_of_tuning": first.get("cost_of_tuning"),
+            f"final_{metric}": summarise([r[metric] for r in final]),
+            f"trials_{metric}": summarise([r[metric] for r in trial_records]),
+        }
+    summary["_study"] = {"dataset": args.dataset, "protocol": args.protocol, "trials": k,
+                         "study_seed": args.study_seed, "select": args.select, "seeds": args.seeds,
+                         "extra": args.extra, "minutes_this_start": (time.time() - started) / 60,
+                         "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
+    (results / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(table(summary, metric))
+    return summary
+
+
+def table(summary: dict, metric: str) -> str:
+    study = summary["_study"]
+    cost = "cost of tuning not counted" if study["protocol"] == "idealised" else "cost of tuning counted"
+    lines = [
+        f"{study['dataset']}, {study['protocol']} protocol ({cost}), K = {study['trials']}, winner by {study['select']}",
+        "",
+        f"| mode | ε (per run) | ε with tuning | winner: {metric} (mean ± std, n) | all trials: median [IQR] |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, row in summary.items():
+        if mode.startswith("_"):
+            continue
+        final, trials = row[f"final_{metric}"], row[f"trials_{metric}"]
+        with_tuning = row["epsilon_with_tuning"]
+        cell = f"{final['mean']:.4f} ± {final['std']:.4f} ({final['n']})" if final["n"] else "-"
+        spread = f"{trials['median']:.4f} [{trials['q1']:.4f}, {trials['q3']:.4f}]" if trials["n"] else "-"
+        per_run = row["epsilon_per_run"]
+        lines.append(
+            f"| {mode} | {per_run:.3g} | {'-' if with_tuning is None else f'{with_tuning:.3g}'} | {cell} | {spread} |"
+            if per_run is not None
+            else f"| {mode} | - | - | {cell} | {spread} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(parse_args())
