@@ -1,0 +1,101 @@
+"""A third privacy review (issue items 2-5): each test fails without its fix (docs/privacy.md §5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
+
+from fusiondp.datasets import sepsis
+
+impute_sepsis = load_script("impute_sepsis")
+sepsis_script = load_script("train_fusiondp_sepsis")
+
+pytestmark = pytest.mark.usefixtures("calibrate_once")  # σ calibrated once per setting (conftest)
+
+
+# ---------------------------------------------------------------- item 2: one support set per folder
+
+
+@pytest.fixture(scope="module")
+def imputed(tmp_path_factory):
+    """impute_sepsis.py --released_dir output (hgb) of a 400-row release: 100 support, 300 training rows."""
+    root = tmp_path_factory.mktemp("review3_sepsis")
+    frames = make_sepsis_frames(n_train=400, n_eval=60, seed=3)
+    frames["support"] = None  # the authors' release ships none
+    release = write_sepsis_dir(root / "release", frames)
+    out = root / "out"
+    args = impute_sepsis.get_args_parser().parse_args(
+        ["--released_dir", str(release), "--out_dir", str(out), "--imputer", "hgb", "--support_rows", "100",
+         "--n_bins", "4", "--seed", "5", "--no_progress"]
+    )  # fmt: skip
+    impute_sepsis.main(args)
+    return out
+
+
+def _copy(folder, dest):
+    dest.mkdir(parents=True)
+    for path in folder.iterdir():
+        if path.is_file():
+            (dest / path.name).write_bytes(path.read_bytes())
+    return dest
+
+
+def test_reference_folder_keeps_the_support_set_and_the_training_rows(imputed):
+    """The reference folder trains on the 300 rows ours trains on, with the same support set; before the
+    fix it had no support.csv and training drew another support set out of its training rows."""
+    ref = imputed / "reference_tabpfn"
+    assert (ref / "support.csv").read_bytes() == (imputed / "support.csv").read_bytes()
+    assert (ref / "train_ori.csv").read_bytes() == (imputed / "train_ori.csv").read_bytes()
+    info = json.loads((ref / "imputation_info.json").read_text())
+    assert info["imputer"] == sepsis.RELEASE_IMPUTER and info["splits"]["support"] == 100
+    records = {
+        name: sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid"))
+        for name, folder in {"ours": imputed, "reference": ref}.items()
+    }
+    for record in records.values():
+        assert record["num_train_rows"] == 300 and record["support_set"].endswith("support.csv")
+        assert record["args"]["support_rows"] == sepsis.SUPPORT_ROWS  # the settings as before the fix
+    assert records["reference"]["imputer"].startswith("TabPFN, as released by the authors")
+
+
+def test_no_second_support_set_is_drawn_from_a_derived_folder(imputed, tmp_path):
+    folder = _copy(imputed, tmp_path / "derived")
+    (folder / "support.csv").unlink()
+    with pytest.raises(
+        ValueError, match=r"imputation_info\.json\) but has no support\.csv.*--support_rows N"
+    ):
+        sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid"))
+    # Given explicitly, the draw is the user's decision (and the record says so).
+    record = sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid", "--support_rows", "30"))
+    assert record["num_train_rows"] == 270 and record["support_set"].startswith("30 rows of train_ori.csv")
+    # The authors' release (no imputation_info.json) still gets the default draw.
+    release = write_sepsis_dir(
+        tmp_path / "release", make_sepsis_frames(n_train=1200, n_eval=60) | {"support": None}
+    )
+    frames, where = sepsis.training_frames(
+        sepsis.load_frames(release), release, support_rows=None, support_seed=sepsis.SUPPORT_SEED
+    )
+    assert (
+        len(frames["support"]) == sepsis.SUPPORT_ROWS and len(frames["train"]) == 1200 - sepsis.SUPPORT_ROWS
+    )
+    assert where.startswith(f"{sepsis.SUPPORT_ROWS} rows of train_ori.csv")
+
+
+def test_a_support_file_that_shares_rows_with_training_is_refused(imputed, tmp_path):
+    folder = _copy(imputed, tmp_path / "overlap")
+    support = pd.read_csv(folder / "support.csv")
+    train = pd.read_csv(folder / "train_ori.csv")
+    pd.concat([support, train.iloc[[4, 17]]]).to_csv(folder / "support.csv", index=False)
+    with pytest.raises(
+        ValueError,
+        match=r"support\.csv shares 2 of its 102 row\(s\) with the training rows of .*train_ori\.csv",
+    ):
+        sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid"))
+    # NaNs compare equal (a row with unmeasured labs is still the same row); the disjoint file passes.
+    assert train.iloc[[4, 17]].isna().any(axis=None)
+    support.to_csv(folder / "support.csv", index=False)
+    assert np.isfinite(sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid"))["test_aupr"])
