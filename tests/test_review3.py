@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
 
 from fusiondp.datasets import sepsis
@@ -99,3 +100,35 @@ def test_a_support_file_that_shares_rows_with_training_is_refused(imputed, tmp_p
     assert train.iloc[[4, 17]].isna().any(axis=None)
     support.to_csv(folder / "support.csv", index=False)
     assert np.isfinite(sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid"))["test_aupr"])
+
+
+# ------------------------------------------- item 4: an original note's embedding is its own alone
+
+
+def test_an_original_note_embeds_the_same_alone_and_in_any_batch(tmp_path, monkeypatch):
+    """With --encoder_batch_size > 1 a padded batch moved a MiniLM embedding by ~7e-8 with the other
+    notes' lengths: one original note moved another's private term, and the cache depended on batching."""
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from fusiondp.encoder import EmbeddingCache, FrozenEncoder, resolve_encoder
+
+    spec = resolve_encoder(None, max_tokens=64)  # the MiniLM wheel, offline (a tiny BERT shows no drift)
+    encoder = FrozenEncoder(spec, batch_size=8)
+    note = "A 54 year old woman presented with chest pain."
+    others = [
+        "short.",
+        "The patient, a man of 70 years, was admitted after a fall and had surgery on the hip. " * 2,
+        "x y z w",
+    ]
+    alone = EmbeddingCache(tmp_path / "alone", spec, "original").embeddings(
+        [note], lambda: encoder, progress=False
+    )
+    for i, partners in enumerate([others[:1], others[1:2], others, others[::-1]]):
+        cache = EmbeddingCache(tmp_path / f"batch{i}", spec, "original")
+        batch = cache.embeddings([*partners, note], lambda: encoder, progress=False)
+        assert torch.equal(batch[-1], alone[0]), partners
+    # Public views still batch (the flag's purpose): equal to round-off only.
+    hybrid = EmbeddingCache(tmp_path / "hybrid", spec, "hybrid").embeddings(
+        [*others, note], lambda: encoder, progress=False
+    )
+    assert float((hybrid[-1] - alone[0]).abs().max()) < 1e-6
