@@ -132,3 +132,33 @@ def test_an_original_note_embeds_the_same_alone_and_in_any_batch(tmp_path, monke
         [*others, note], lambda: encoder, progress=False
     )
     assert float((hybrid[-1] - alone[0]).abs().max()) < 1e-6
+
+
+# ------------------------------------------- item 5: no CAML timing in a record that claims the guarantee
+
+
+def _notes_args(data_dir, *extra):
+    mimic_script = load_script("train_fusiondp_mimic")
+    return mimic_script.get_args_parser().parse_args(
+        ["--dataset", "medical_abstracts", "--data_dir", str(data_dir), "--epochs", "0.2", "--batch_size", "4",
+         "--public_batch_size", "8", "--embedding_dim", "8", "--filters", "4", "--max_len", "20",
+         "--no_progress", *extra]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mode,timed", [("fusiondp", False), ("calibrated_fusion", False), ("sgd_hybrid", True)]
+)
+def test_caml_timings_stay_out_of_dp_records(tmp_path, mode, timed):
+    """A CAML batch is padded to its longest note, original notes included: the training time of a DP
+    mode depends on original note lengths, so such a record carries no timing."""
+    from test_text_data import make_note_frames, write_notes_dir
+
+    folder = write_notes_dir(tmp_path / "notes", make_note_frames())
+    record = load_script("train_fusiondp_mimic").main(_notes_args(folder, "--mode", mode, "--secure_rng"))
+    if timed:  # reads hybrid notes only: their lengths are public
+        assert record["train_seconds"] > 0 and record["seconds_per_epoch"] > 0
+        return
+    assert record["train_seconds"] is None and record["seconds_per_epoch"] is None
+    assert record["privacy_guarantee_holds"] is True  # --secure_rng: the guarantee holds, and no timing
+    assert any(n.startswith("train_seconds and seconds_per_epoch left out") for n in record["privacy_notes"])
