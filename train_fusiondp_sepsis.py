@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> dict:
         bounds=sepsis.BOUNDS,
         support_where=support_where,
         build_model=sepsis.build_model,
+        binary=sepsis.BINARY,
         extra_record={
             "data_dir": str(data_dir),
             "support_set": support_where,

@@ -102,6 +102,52 @@ def test_a_support_file_that_shares_rows_with_training_is_refused(imputed, tmp_p
     assert np.isfinite(sepsis_script.main(sepsis_args(folder, "--mode", "sgd_hybrid"))["test_aupr"])
 
 
+# ------------------------------------- item 3: what the zero-out neighbour of a binary column is
+
+
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("fusiondp", "each row's imputation carried onto the original view's scale"),
+        ("calibrated_fusion", "each row's imputation carried onto the original view's scale"),
+        ("feature-dp", "the noise view puts N(0,1) values into the binary columns"),
+        ("dpsgd", None),
+    ],
+)
+def test_split_mode_records_say_what_the_binary_zero_out_neighbour_is(
+    sepsis_dir, sepsis_frames, mode, expected
+):
+    """Gender, Unit1 and Unit2 are standardised per view, so their zero-out value is not a real 0/1
+    value; the record of a split mode says so, with the values, and points to replace-one."""
+    from fusiondp.data import zero_out_values
+    from fusiondp.scaling import column_statistics
+
+    record = sepsis_script.main(sepsis_args(sepsis_dir, "--mode", mode))
+    notes = [n for n in record["privacy_notes"] if "binary columns" in n]
+    if expected is None:  # replace-one under both relations: no zero-out value to explain
+        assert notes == []
+        return
+    [note] = notes
+    assert "['Gender', 'Unit1', 'Unit2']" in note and expected in note
+    assert "replace-one epsilon is the meaningful number" in note or "only the replace-one epsilon" in note
+    if mode == "feature-dp":
+        return
+    # The values stated are the neighbour's (fusiondp.data.zero_out_values with this run's statistics).
+    hybrid = sepsis_frames["hybrid"]
+    support_stats = column_statistics(sepsis_frames["support"], sepsis.BINARY)
+    neighbour = zero_out_values(hybrid, columns=sepsis.BINARY, original_stats=support_stats)
+    for col in sepsis.BINARY:
+        zero, one = (neighbour[col][hybrid[col] == x].iloc[0] for x in (0.0, 1.0))
+        assert f"{col} imputed 0 -> {zero:.3f}, 1 -> {one:.3f}" in note
+        assert not {round(zero, 3), round(one, 3)} <= {0.0, 1.0}  # not a real value
+
+
+def test_the_note_shows_no_value_computed_from_private_statistics(sepsis_dir):
+    record = sepsis_script.main(sepsis_args(sepsis_dir, "--mode", "fusiondp", "--scaling", "private"))
+    [note] = [n for n in record["privacy_notes"] if "binary columns" in n]
+    assert "not a real 0/1 value" in note and "this run:" not in note
+
+
 # ------------------------------------------- item 4: an original note's embedding is its own alone
 
 

@@ -45,9 +45,13 @@ PUBLIC = ["HR", "O2Sat", "Temp", "SBP", "MAP", "DBP", "Resp", "BaseExcess", "HCO
 """The 30 vitals and labs, each a patient's mean over the hours used."""
 LABEL = "SepsisLabel"
 CATEGORICAL: list[str] = []
-"""Model features: none categorical (Gender, Unit1, Unit2 are 0/1 codes, standardised as numbers)."""
+"""Model features: none categorical (Gender, Unit1, Unit2 are 0/1 codes, see :data:`BINARY`)."""
 CLASS_IMPUTED = ["Gender", "Unit1", "Unit2"]
 """The sensitive columns impute_sepsis.py imputes with a classifier (the rest by a regressor blend)."""
+BINARY = ["Gender", "Unit1", "Unit2"]
+"""0/1 sensitive columns coded as numbers, each view on its own scale: their zero-out value is the
+imputation carried onto the original view's scale (e.g. 0.94), not a real value, and a split mode's
+record says so (:func:`fusiondp.tabular.binary_zero_out_notes`; docs/privacy.md §5)."""
 LEAKY = ["ICULOS_bin"]
 IGNORED = [*LEAKY, "index"]  # never features: ICULOS_bin leaks ICULOS; index is a row id
 BOUNDS = {  # public domain knowledge, for --scaling dp (values outside are clipped)
