@@ -16,8 +16,10 @@ val.csv, test.csv. No public support set ships with it, so --support_rows (512) 
 drawn with --seed, become the support set (their sensitive values are treated as public, e.g. patients
 who consented) and are DROPPED from the training rows written; val and test are copied. Where the
 release's train_hybrid.csv exists, its rows for the same training rows go to ``reference_tabpfn/`` (with
-the same train_ori/val/test files), so that models trained on the authors' TabPFN hybrid and on ours
-can be compared on identical rows. The authors' imputer is NOT scored: their release has hybrid values
+the same train_ori/val/test files, the same support.csv, and an imputation_info.json naming the
+authors' imputer), so that models trained on the authors' TabPFN hybrid and on ours are trained on
+identical rows: train_fusiondp_sepsis.py takes a folder's support.csv and never draws a second support
+set from a folder with an imputation_info.json. The authors' imputer is NOT scored: their release has hybrid values
 for training rows only, and a score against training rows' original values is a function of private
 values that must not be published (it used to be written to imputation_metrics_reference.csv).
 
@@ -34,12 +36,14 @@ scripts/download_physionet_sepsis.sh fetches them. One row per patient:
 
 Outputs in --out_dir: train_ori.csv, train_hybrid.csv, val.csv, test.csv (what
 train_fusiondp_sepsis.py reads), support.csv, imputation_metrics.csv (quality on the held-out val and
-test rows, column ``rows``; never on training rows), imputation_info.json.
+test rows, column ``rows``; never on training rows), imputation_info.json; from the release,
+reference_tabpfn/ (train_ori, train_hybrid, val, test, support.csv and imputation_info.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,7 @@ from fusiondp.datasets.sepsis import (
     LABEL,
     LEAKY,
     PUBLIC,
+    RELEASE_IMPUTER,
     SENSITIVE,
     SUPPORT_FILE,
     SUPPORT_ROWS,
@@ -62,6 +67,7 @@ from fusiondp.datasets.sepsis import FILES as RELEASE_FILES
 from fusiondp.experiment.cli import run_main
 from fusiondp.experiment.config import ImputeConfig
 from fusiondp.tabular.data import (
+    IMPUTATION_INFO,
     check_aligned,
     check_binary_label,
     check_columns,
@@ -185,8 +191,12 @@ def released_splits(args: argparse.Namespace) -> tuple[dict[str, pd.DataFrame], 
     return frames, reference
 
 
-def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path) -> Path:
+def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path, *, info: dict) -> Path:
     """The authors' hybrid on our training rows, as a data folder train_fusiondp_sepsis.py reads.
+
+    It holds the same support.csv as ``out_dir`` and an imputation_info.json (the authors' imputer, and
+    ``info``'s source, splits and support set), so that training takes the same support set and the same
+    training rows there, and never draws a second support set out of rows already declared private.
 
     Privacy contract: copies rows only; it scores nothing. The authors' hybrid exists for training rows
     only, so its quality could only be measured against the training rows' original sensitive values:
@@ -194,9 +204,17 @@ def write_reference(frames: dict, reference: pd.DataFrame, out_dir: Path) -> Pat
     request, for private use only).
     """
     ref_dir = out_dir / "reference_tabpfn"
-    for name, frame in {"train": frames["train"], "train_imputed": reference,
+    for name, frame in {"support": frames["support"], "train": frames["train"], "train_imputed": reference,
                         "val": frames["val"], "test": frames["test"]}.items():  # fmt: skip
         write_csv(frame, ref_dir / FILES[name])
+    ref_info = {
+        "imputer": RELEASE_IMPUTER,
+        "deviation_from_paper": None,
+        "derived_by": "impute_sepsis.py --released_dir: the authors' train_hybrid.csv rows for the "
+        "training rows of the folder above",
+        **{k: info[k] for k in ("source", "splits", "support_set", "dropped_columns")},
+    }
+    (ref_dir / IMPUTATION_INFO).write_text(json.dumps(ref_info, indent=2) + "\n")
     return ref_dir
 
 
@@ -237,7 +255,7 @@ def main(args: argparse.Namespace) -> dict:
         stale.unlink()
         print(f"removed {stale}: quality on training rows is a private evaluation, not written any more.")
     if reference is not None:
-        result["reference_dir"] = str(write_reference(frames, reference, args.out_dir))
+        result["reference_dir"] = str(write_reference(frames, reference, args.out_dir, info=info))
     return result
 
 

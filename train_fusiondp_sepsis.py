@@ -14,8 +14,11 @@ copy of the sensitive ICULOS that was not imputed: it is never a feature.
 Scaling (``--scaling``): the release ships no public support set, so ``--support_rows`` (512) rows of
 train_ori.csv, drawn with ``--support_seed`` (the same rows ``impute_sepsis.py --released_dir``
 takes), are treated as public, dropped from training, and scale the original view; a data folder
-with its own ``support.csv`` (``impute_sepsis.py`` output) uses that instead. ``--scaling dp
---support_rows 0`` trains on all 14,293 rows and estimates the scale under DP within ε.
+with its own ``support.csv`` (``impute_sepsis.py`` output) uses that instead, after checking that it
+shares no row with ``train_ori.csv``. A folder ``impute_sepsis.py`` wrote has already dropped its
+support rows: without its ``support.csv`` it is refused unless ``--support_rows`` is given (a second
+draw would declare more private rows public). ``--scaling dp --support_rows 0`` trains on all 14,293
+rows and estimates the scale under DP within ε.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir or data_root() / "sepsis"
+    # Resolved into args before the record is built: its settings name the value used.
+    args.support_rows = sepsis.resolve_support_rows(data_dir, args.support_rows)
     frames, support_where = sepsis.training_frames(
         sepsis.load_frames(data_dir, max_train_rows=args.max_train_rows),
         data_dir,
@@ -52,6 +57,7 @@ def main(args: argparse.Namespace) -> dict:
         bounds=sepsis.BOUNDS,
         support_where=support_where,
         build_model=sepsis.build_model,
+        binary=sepsis.BINARY,
         extra_record={
             "data_dir": str(data_dir),
             "support_set": support_where,

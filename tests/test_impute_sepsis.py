@@ -168,11 +168,10 @@ def test_released_rows_support_held_out_and_reference_on_the_same_rows(tmp_path)
     ours = pd.read_csv(out / "imputation_metrics.csv").set_index(["rows", "column"])
     assert ours.loc[("val", "Gender"), "n"] == 60 and ours.loc[("test", "Gender"), "n"] == 60  # held out
     assert ours.loc[("test", "Age"), "r2"] > 0.3  # HR carries Age here
-    # The reference folder has no support.csv: the script splits its own off train_ori.csv.
-    reference = sepsis_script.main(
-        sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid", "--support_rows", "30")
-    )
-    assert np.isfinite(reference["test_aupr"])
+    # The reference folder holds the same support.csv: training there takes it, and the same rows.
+    reference = sepsis_script.main(sepsis_args(out / "reference_tabpfn", "--mode", "sgd_hybrid"))
+    assert np.isfinite(reference["test_aupr"]) and reference["num_train_rows"] == 300
+    assert reference["support_set"] == str(out / "reference_tabpfn" / "support.csv")
     assert reference["imputer"].startswith("TabPFN, as released by the authors")
 
 

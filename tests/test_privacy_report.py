@@ -48,7 +48,10 @@ def test_report_states_both_relations_and_what_is_outside(records, capsys):
     # what the public columns reveal: only held-out imputation quality, which this release lacks
     for text in reports:
         assert "NOT protected: the labels; the public columns" in text
-        assert "unavailable: no imputation_metrics.csv" in text and "Gender" not in text.split("NOT")[1]
+        assert (
+            "unavailable: no imputation_metrics.csv" in text
+            and "Gender" not in text.split("NOT protected")[1]
+        )
 
 
 def test_older_records_get_both_relations_recomputed(records, tmp_path):

@@ -7,7 +7,10 @@ copy of the sensitive ICULOS that was not imputed: never a feature, never an imp
 
 The release ships no public support set, so both scripts draw the same one: :data:`SUPPORT_ROWS` rows
 of train_ori.csv with seed :data:`SUPPORT_SEED` (:func:`support_split`), treated as public and dropped
-from the training rows.
+from the training rows. Every folder impute_sepsis.py writes (its output and ``reference_tabpfn/``)
+holds that draw as ``support.csv``, and its train_ori.csv no longer holds those rows: training never
+draws a second support set from such a folder (:func:`resolve_support_rows`), and checks that
+``support.csv`` shares no row with train_ori.csv (:func:`fusiondp.tabular.data.check_rows_disjoint`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ import pandas as pd
 
 from fusiondp.models import MLP
 from fusiondp.tabular.data import (
+    IMPUTATION_INFO,
     TabularData,
     TabularPreprocessor,
     check_aligned,
     check_binary_label,
     check_columns,
+    check_rows_disjoint,
     imputer_provenance,
     prepare_tabular,
     read_csv,
@@ -40,9 +45,13 @@ PUBLIC = ["HR", "O2Sat", "Temp", "SBP", "MAP", "DBP", "Resp", "BaseExcess", "HCO
 """The 30 vitals and labs, each a patient's mean over the hours used."""
 LABEL = "SepsisLabel"
 CATEGORICAL: list[str] = []
-"""Model features: none categorical (Gender, Unit1, Unit2 are 0/1 codes, standardised as numbers)."""
+"""Model features: none categorical (Gender, Unit1, Unit2 are 0/1 codes, see :data:`BINARY`)."""
 CLASS_IMPUTED = ["Gender", "Unit1", "Unit2"]
 """The sensitive columns impute_sepsis.py imputes with a classifier (the rest by a regressor blend)."""
+BINARY = ["Gender", "Unit1", "Unit2"]
+"""0/1 sensitive columns coded as numbers, each view on its own scale: their zero-out value is the
+imputation carried onto the original view's scale (e.g. 0.94), not a real value, and a split mode's
+record says so (:func:`fusiondp.tabular.binary_zero_out_notes`; docs/privacy.md §5)."""
 LEAKY = ["ICULOS_bin"]
 IGNORED = [*LEAKY, "index"]  # never features: ICULOS_bin leaks ICULOS; index is a row id
 BOUNDS = {  # public domain knowledge, for --scaling dp (values outside are clipped)
@@ -105,9 +114,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--support_rows",
         type=int,
-        default=SUPPORT_ROWS,
-        help="rows of train_ori.csv treated as the public support set and dropped from training, when "
-        "--data_dir has no support.csv (0: none) (default: %(default)s)",
+        default=None,
+        help=f"rows of train_ori.csv treated as the public support set and dropped from training, when "
+        f"--data_dir has no support.csv (0: none). Default {SUPPORT_ROWS} for the authors' release; a folder "
+        f"impute_sepsis.py wrote ({IMPUTATION_INFO}) has already dropped its support set, and without its "
+        "support.csv it is refused unless this flag is given",
     )
     parser.add_argument(
         "--support_seed",
@@ -149,21 +160,54 @@ def load_frames(data_dir: Path, *, max_train_rows: int | None = None) -> dict[st
     return frames
 
 
+def resolve_support_rows(data_dir: Path, support_rows: int | None) -> int:
+    """``--support_rows`` as used: the value given, else :data:`SUPPORT_ROWS`.
+
+    A folder this project derived (it holds ``imputation_info.json``) has already dropped its support
+    set from train_ori.csv and keeps it as ``support.csv``. Without that file, a default draw would take
+    :data:`SUPPORT_ROWS` more of its private training rows and declare them public, and train on other
+    rows than the folder's own runs: refused unless ``--support_rows`` is given.
+    """
+    if support_rows is not None:
+        return support_rows
+    if not (data_dir / SUPPORT_FILE).is_file() and (data_dir / IMPUTATION_INFO).is_file():
+        raise ValueError(
+            f"{data_dir} was written by impute_sepsis.py ({IMPUTATION_INFO}) but has no {SUPPORT_FILE}: its "
+            f"{FILES['train']} already excludes the support set, and drawing another {SUPPORT_ROWS} rows "
+            f"from it would declare {SUPPORT_ROWS} private training rows public. Restore {SUPPORT_FILE} "
+            "(rerun impute_sepsis.py), or pass --support_rows N explicitly (0: no support set, e.g. with "
+            "--scaling dp)."
+        )
+    return SUPPORT_ROWS
+
+
 def training_frames(
-    frames: dict[str, pd.DataFrame], data_dir: Path, *, support_rows: int, support_seed: int
+    frames: dict[str, pd.DataFrame], data_dir: Path, *, support_rows: int | None, support_seed: int
 ) -> tuple[dict[str, pd.DataFrame | None], str]:
-    """train / train_imputed / support / val / test, and where the support set came from."""
+    """train / train_imputed / support / val / test, and where the support set came from.
+
+    ``support_rows`` None: see :func:`resolve_support_rows`. A ``support.csv`` in ``data_dir`` is the
+    support set, checked to share no row with the training rows.
+    """
     support_path = data_dir / SUPPORT_FILE
     out = {"val": frames["val"], "test": frames["test"]}
     if support_path.is_file():
         support = read_csv(support_path, what="sepsis support file")
         check_columns(support, path=support_path, required=[*PUBLIC, *SENSITIVE, LABEL], ignored=IGNORED)
+        check_rows_disjoint(
+            support,
+            frames["train"],
+            columns=[*PUBLIC, *SENSITIVE, LABEL],
+            support_path=support_path,
+            train_path=data_dir / FILES["train"],
+        )
         return out | {
             "train": frames["train"],
             "train_imputed": frames["train_imputed"],
             "support": support,
         }, str(support_path)
     n = len(frames["train"])
+    support_rows = resolve_support_rows(data_dir, support_rows)
     if support_rows == 0:
         return out | {"train": frames["train"], "train_imputed": frames["train_imputed"], "support": None}, (
             "none (--support_rows 0)"

@@ -83,7 +83,7 @@ def build_record(
     outside_guarantee: list[str],
     per_example: tuple[str | None, str],
     log: list[dict],
-    train_seconds: float,
+    train_seconds: float | None,
     device: str,
     extra_record: dict | None = None,
 ) -> dict:
@@ -159,7 +159,8 @@ def build_record(
         "per_example_reason": method_reason,
         **{k: final[k] for k in final if k.startswith(("val_", "test_"))},
         "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(len(log), 1),
+        # None where the timing depends on private data (run_experiment's private_timing)
+        "seconds_per_epoch": None if train_seconds is None else train_seconds / max(len(log), 1),
         "num_train_rows": num_rows,
         "num_features": num_features,
         "epochs_log": log,

@@ -38,6 +38,7 @@ def run_experiment(
     scaling: ScalingPlan | None = None,
     privacy_notes: Sequence[str] = (),
     outside_guarantee: Sequence[str] = (),
+    private_timing: str | None = None,
 ) -> dict:
     """Calibrate, train, evaluate and record one run; return its result record.
 
@@ -45,8 +46,10 @@ def run_experiment(
     :func:`fusion_step`'s private term (DP modes) or, for ``sgd_ori``, without protection, as that
     mode's record states. ``scaling`` says where the original view's statistics came from; DP
     statistics are composed into the run's ε. ``outside_guarantee``: the caller's reasons why this
-    run's guarantee does not hold (e.g. how its data were made). ``build_model()`` returns a fresh
-    model (seeded by ``config.seed`` just before).
+    run's guarantee does not hold (e.g. how its data were made). ``private_timing``: why the training
+    time depends on the original data (CAML pads a batch to its longest note); then the record of a
+    DP mode leaves ``train_seconds`` and ``seconds_per_epoch`` out (None) and says why in
+    ``privacy_notes``. ``build_model()`` returns a fresh model (seeded by ``config.seed`` just before).
     """
     config.validate()
     if config.skip_existing and config.results_json:
@@ -101,6 +104,9 @@ def run_experiment(
     outside, draws_dp_noise, stats_epsilon = outside_guarantee_reasons(
         config, mode, scaling, rng=rng, given=outside_guarantee
     )
+    if private_timing and mode.private:  # a timing is a release too: not in a record that claims DP
+        train_seconds = None
+        privacy_notes = [*privacy_notes, f"train_seconds and seconds_per_epoch left out: {private_timing}"]
     record = build_record(
         config,
         dataset=dataset,

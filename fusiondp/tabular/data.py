@@ -140,6 +140,37 @@ def check_disjoint(support_ids: Sequence, train_ids: Sequence, *, what: str = "s
         )
 
 
+def check_rows_disjoint(
+    support: pd.DataFrame,
+    train: pd.DataFrame,
+    *,
+    columns: Sequence[str],
+    support_path: str | os.PathLike,
+    train_path: str | os.PathLike,
+) -> None:
+    """No support row may equal a training row in every one of ``columns`` (features and label).
+
+    For files without a row id (the sepsis release): a support file beside training rows is public,
+    so a training row in it would be declared public and trained on as private at once. Values are
+    compared as floats, NaN equal to NaN; meant for tables whose distinct rows never coincide in
+    every column (the sepsis release has no duplicate rows).
+    """
+
+    def digests(frame: pd.DataFrame) -> np.ndarray:
+        numbers = frame[list(columns)].apply(pd.to_numeric, errors="coerce").astype(float)
+        return pd.util.hash_pandas_object(numbers, index=False).to_numpy()
+
+    shared = np.isin(digests(support), digests(train))
+    if shared.any():
+        first = int(np.flatnonzero(shared)[0])
+        raise ValueError(
+            f"{support_path} shares {int(shared.sum())} of its {len(support)} row(s) with the training rows "
+            f"of {train_path} (equal in every feature and the label; first: support row {first}). The "
+            "support set is public, so its rows must not also be training rows: rebuild the folder "
+            "(the impute_<dataset>.py scripts write disjoint files) or remove those rows from one of the files."
+        )
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """``frame`` as a CSV without the index, creating the folder."""
     path = Path(path)

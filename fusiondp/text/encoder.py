@@ -11,11 +11,14 @@ under ``torch.inference_mode``, never sees a gradient and fits nothing on any no
 Privacy contract.
 
 * The encoder's weights are public input (pretrained on public text) and the same for every data set.
-* A note's embedding is a function of that note's text alone: notes are embedded one per forward pass
-  by default (``batch_size=1``; then no padding is shared with another note, and on this CPU it is also
-  the fastest). A larger batch (for a GPU) mixes only notes of the SAME view, and the result differs
-  from the one-by-one embedding by float round-off (about 3e-7 for MiniLM, below the step's 1e-5
-  same-view tolerance).
+* A note's embedding is a function of that note's text alone. ORIGINAL notes are embedded one per
+  forward pass whatever ``--encoder_batch_size`` says: in a padded batch a note's embedding moves by
+  float round-off (about 1e-7 for MiniLM) with the lengths of the other notes in it, so one original
+  note would move another's private term, and the cache would depend on how notes were batched.
+  Public views (hybrid, eval) follow ``--encoder_batch_size`` (default 1; on this CPU one per pass is
+  also the fastest): a batch mixes only notes of the same public view, and the result differs from
+  the one-by-one embedding by round-off (about 3e-7 for MiniLM, below the step's 1e-5 same-view
+  tolerance).
 * Views. ``original``: the ORIGINAL training notes. Their embeddings are private: they enter only the
   DP step's per-example private term (clipped, then noised), or sgd_ori, the unprotected baseline whose
   record says so. ``hybrid``: the hybrid training notes (sensitive spans rewritten), public under the
@@ -127,12 +130,18 @@ class FrozenEncoder:
         return int(self.model.config.hidden_size)
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], *, desc: str = "embed", progress: bool = True) -> Tensor:
-        """Mean-pooled, L2-normalised embeddings of ``texts``, in order, float32 on the CPU."""
+    def embed(
+        self, texts: Sequence[str], *, desc: str = "embed", progress: bool = True, one_per_pass: bool = False
+    ) -> Tensor:
+        """Mean-pooled, L2-normalised embeddings of ``texts``, in order, float32 on the CPU.
+
+        ``one_per_pass``: one note per forward pass whatever ``batch_size`` is (private notes: then no
+        note's embedding depends on another note, not even by round-off)."""
         out = []
+        batch_size = 1 if one_per_pass else self.batch_size
         with tqdm(total=len(texts), desc=desc, unit="note", disable=not progress, dynamic_ncols=True) as bar:
-            for start in range(0, len(texts), self.batch_size):
-                chunk = [str(t) for t in texts[start : start + self.batch_size]]
+            for start in range(0, len(texts), batch_size):
+                chunk = [str(t) for t in texts[start : start + batch_size]]
                 enc = self.tokenizer(
                     chunk, truncation=True, max_length=self.spec.max_tokens, padding=True, return_tensors="pt"
                 ).to(self.device)
@@ -191,14 +200,19 @@ class EmbeddingCache:
     ) -> Tensor:
         """``(len(texts), d)`` embeddings; notes missing from the cache are embedded and stored.
 
-        ``encoder`` is called (the model loaded) only when some note is missing."""
+        ``encoder`` is called (the model loaded) only when some note is missing. A private view's notes
+        are embedded one per pass (see the module's contract), so its cache entries do not depend on
+        which notes were missing together."""
         entries = self.load()
         keys = [note_key(t) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in entries))
         if missing:
             text_of = dict(zip(keys, texts, strict=True))
             fresh = encoder().embed(
-                [text_of[k] for k in missing], desc=f"embed {self.view}", progress=progress
+                [text_of[k] for k in missing],
+                desc=f"embed {self.view}",
+                progress=progress,
+                one_per_pass=self.private,
             )
             entries.update(zip(missing, fresh, strict=True))
             self.save(entries)
@@ -414,7 +428,12 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     e = parser.add_argument_group("encoder model (--model encoder)")
     e.add_argument("--encoder", default=None, help="HF name or folder (default: the MiniLM wheel, offline)")
     e.add_argument("--encoder_max_tokens", type=int, default=DEFAULT_MAX_TOKENS, help="word pieces per note")
-    e.add_argument("--encoder_batch_size", type=int, default=1, help="notes per encoder pass (1: exact)")
+    e.add_argument(
+        "--encoder_batch_size",
+        type=int,
+        default=1,
+        help="notes per encoder pass for the public views (hybrid, eval); original notes always go one per pass",
+    )
     e.add_argument(
         "--head_hidden",
         type=int,
