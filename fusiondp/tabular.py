@@ -18,6 +18,7 @@ from torch import nn
 
 from fusiondp.config import RunConfig
 from fusiondp.data import imputer_provenance, load_imputed_splits, prepare_tabular
+from fusiondp.groups import MIN_GROUP_CLASS, MIN_GROUP_ROWS, GroupSpec, describe, group_evaluation
 from fusiondp.models import binary_bce
 from fusiondp.modes import NOISE, get_mode
 from fusiondp.privacy import ADD_REMOVE
@@ -112,8 +113,13 @@ def run_tabular(
     support_where: str,
     build_model: Callable[[int], nn.Module],
     extra_record: dict | None = None,
+    groups: Sequence[GroupSpec] = (),
 ) -> dict:
-    """Scale each view (``--scaling``), build the tensors, train and record one tabular run."""
+    """Scale each view (``--scaling``), build the tensors, train and record one tabular run.
+
+    ``groups``: the dataset's ``GROUPS``; the final record then carries per-group test metrics
+    (:mod:`fusiondp.groups`), assigned from ``frames["test"]`` alone (its original values).
+    """
     plan, shared_fit = plan_tabular_scaling(
         config,
         frames,
@@ -144,15 +150,25 @@ def run_tabular(
             "real row has: its zero-out neighbour is not a real data set, so only the replace-one epsilon "
             "is meaningful for those columns"
         )
+    group_info = (
+        {
+            "group_definitions": describe(groups),
+            "group_min_rows": MIN_GROUP_ROWS,
+            "group_min_class": MIN_GROUP_CLASS,
+        }
+        if groups
+        else {}
+    )
     record = run_experiment(
         config,
         dataset=dataset,
         data=data,
         build_model=lambda: build_model(data.num_features),
         loss_fn=binary_bce,
-        extra_record={"sensitive_columns": list(sensitive), **(extra_record or {})},
+        extra_record={"sensitive_columns": list(sensitive), **group_info, **(extra_record or {})},
         scaling=plan,
         privacy_notes=notes,
+        final_evaluation=group_evaluation(frames["test"], groups),
     )
     print_summary(record, TABULAR_METRICS, extra=("alpha_used",))
     return record
@@ -185,4 +201,5 @@ def run_imputed_tabular(config: RunConfig, dataset: ModuleType) -> dict:
             "data_dir": str(config.extra("data_dir")),
             **imputer_provenance(data_dir),
         },
+        groups=getattr(dataset, "GROUPS", ()),
     )

@@ -344,6 +344,7 @@ def run_experiment(
     scaling: ScalingPlan | None = None,
     privacy_notes: Sequence[str] = (),
     outside_guarantee: Sequence[str] = (),
+    final_evaluation: Callable[[nn.Module, TrainingData], dict] | None = None,
 ) -> dict:
     """Calibrate, train, evaluate and record one run; return its result record.
 
@@ -352,7 +353,9 @@ def run_experiment(
     mode's record states. ``scaling`` says where the original view's statistics came from; DP
     statistics are composed into the run's ε. ``outside_guarantee``: the caller's reasons why this
     run's guarantee does not hold (e.g. how its data were made). ``build_model()`` returns a fresh
-    model (seeded by ``config.seed`` just before).
+    model (seeded by ``config.seed`` just before). ``final_evaluation(model, data)``: extra record
+    fields computed once with the trained model on evaluation rows (e.g. per-group test metrics,
+    :mod:`fusiondp.groups`); it runs after the last step, so nothing it computes reaches training.
     """
     config.validate()
     if config.skip_existing and config.results_json:
@@ -404,6 +407,7 @@ def run_experiment(
         noise_seed=noise_seed,
     )
     del sampler_seed, noise_seed  # never recorded
+    final_fields = final_evaluation(model, data) if final_evaluation else {}
     outside, draws_dp_noise, stats_epsilon = _outside_guarantee(
         config, mode, scaling, rng=rng, given=outside_guarantee
     )
@@ -427,7 +431,7 @@ def run_experiment(
         log=log,
         train_seconds=train_seconds,
         device=str(device),
-        extra_record=extra_record,
+        extra_record={**(extra_record or {}), **final_fields},
     )
     if config.results_json:
         append_record(config.results_json, record)

@@ -29,6 +29,7 @@ from fusiondp.data import (
     read_csv,
     split_indices,
 )
+from fusiondp.groups import bands, categories, indicators
 from fusiondp.models import MLP
 
 NAME = "sepsis"
@@ -77,6 +78,14 @@ TRAINING_DEFAULTS = dict(
     delta=1e-5,
 )
 """The paper authors' reference command (their README), as train_fusiondp_sepsis.py's defaults."""
+AGE_BANDS = (40, 60, 80)
+"""Public age bands for per-group metrics: <40, 40-59, 60-79, 80+ (years)."""
+GROUPS = (
+    categories("Gender", {0: "female", 1: "male"}),  # PhysioNet 2019: Female (0), Male (1)
+    bands("Age", AGE_BANDS),
+    indicators({"Unit1": "MICU", "Unit2": "SICU"}, family="Unit"),  # both NaN: unit not recorded
+)
+"""Demographic groups of the per-group test metrics (fusiondp/groups.py), from test rows' original values."""
 HIDDEN = (64, 128, 64)
 DROPOUT = 0.15
 
