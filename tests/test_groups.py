@@ -377,3 +377,96 @@ def test_group_fields_names_are_flat_scalars():
     got = assign_groups(frame, [indicators({"u1": "a", "u2": "b"}, family="U")])
     assert {k: v.tolist() for k, v in got.items()} == {"U=a": [0], "U=unknown": [2], "U=several": [1]}
 
+
+# --- scripts/make_tables.py ----------------------------------------------------------------------
+
+make_tables = load_script("scripts.make_tables")
+
+
+def _fake_records(path):
+    rows = []
+    for mode, eps, seed, worst_auroc, gap in [
+        ("sgd_ori", 1.0, 1, 0.80, 0.05),
+        ("dpsgd", 1.0, 1, 0.60, 0.20),
+        ("dpsgd", 1.0, 2, 0.64, 0.10),
+        ("fusiondp", 1.0, 1, 0.70, 0.10),
+        ("fusiondp", 2.0, 1, 0.72, 0.08),
+    ]:
+        groups = {
+            "Age=<40": {"n": 300, "auroc": worst_auroc + gap, "aupr": 0.5, "positive_rate": 0.1},
+            "Age=80+": {"n": 100, "auroc": worst_auroc, "aupr": 0.4, "positive_rate": 0.2},
+            "Unit=none": {"n": 3, "too_small": True, "reason": "fewer than 50 rows"},
+        }
+        rows.append(
+            {
+                "mode": mode,
+                "epsilon": eps,
+                "seed": seed,
+                "test_auroc": 0.8,
+                "test_groups": groups,
+                "test_group_auroc_gap": gap,
+                "test_worst_group": "Age=80+" if seed == 1 else "Age=<40",
+                "test_worst_group_auroc": worst_auroc,
+                "test_group_auroc_gap_Unit": None,
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _tables(*argv):
+    return make_tables.main(make_tables.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+def test_make_tables_tabulates_the_flat_group_fields(tmp_path):
+    results = _fake_records(tmp_path / "r.jsonl")
+    table = _tables(
+        results,
+        "--metrics",
+        "test_group_auroc_gap",
+        "test_worst_group_auroc",
+        "test_worst_group",
+        "test_group_auroc_gap_Unit",
+    )
+    assert "| dpsgd | 1.0 | 0.1500 ± 0.0707 | 0.6200 ± 0.0283 | Age=80+ (1/2) | n/a | 2 |" in table
+    assert "| sgd_ori | 1.0 | 0.0500 | 0.8000 | Age=80+ (1/1) | n/a | 1 |" in table
+
+
+def test_make_tables_per_group_rows_group_and_filter(tmp_path):
+    results = _fake_records(tmp_path / "r.jsonl")
+    table = _tables(results, "--per_group", "--group", "mode", "group", "--metrics", "group_auroc", "group_n")
+    assert "| dpsgd | Age=80+ | 0.6200 ± 0.0283 | 100.0000 ± 0.0000 | 2 |" in table
+    assert "| dpsgd | Unit=none | n/a | 3.0000 ± 0.0000 | 2 |" in table  # too small: no numbers
+    only = _tables(
+        results, "--per_group", "--where", "group=Age=80+", "mode=fusiondp", "--group", "epsilon",
+        "--metrics", "group_auroc",
+    )  # fmt: skip
+    assert only.splitlines()[2:] == ["| 1.0 | 0.7000 | 1 |", "| 2.0 | 0.7200 | 1 |"]
+    family = _tables(results, "--per_group", "--group", "group_family", "--metrics", "group_too_small")
+    assert "| Unit | 1.0000 ± 0.0000 | 5 |" in family
+
+
+def test_make_tables_plots_group_fields_in_panels(tmp_path):
+    results = _fake_records(tmp_path / "r.jsonl")
+    flat, per_group = tmp_path / "flat.png", tmp_path / "groups.png"
+    _tables(
+        results,
+        "--metrics",
+        "test_auroc",
+        "--plot",
+        flat,
+        "--y",
+        "test_group_auroc_gap",
+        "test_worst_group_auroc",
+    )
+    _tables(
+        results, "--per_group", "--where", "group_too_small=False", "--metrics", "group_auroc",
+        "--plot", per_group, "--y", "group_auroc",
+    )  # fmt: skip
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(flat).shape[:2]
+    assert width > 2 * height  # two panels side by side
+    assert per_group.stat().st_size > 1000 and flat.stat().st_size > 1000
+    with pytest.raises(SystemExit, match="not in the records"):
+        _tables(results, "--metrics", "test_auroc", "--plot", flat, "--y", "test_nothing")
