@@ -100,7 +100,10 @@ def per_group_rows(frame: pd.DataFrame, *, field: str = "test_groups") -> pd.Dat
             )
     if not rows:
         raise SystemExit(f"--per_group: no run has {field!r}")
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    for column in ("group", "group_family"):  # the records' order (Age=<40 before Age=40-59), not A-Z
+        out[column] = pd.Categorical(out[column], categories=list(dict.fromkeys(out[column])), ordered=True)
+    return out
 
 
 def load_frame(
@@ -171,6 +174,17 @@ def _is_text(series: pd.Series) -> bool:
     return len(values) > 0 and not pd.api.types.is_numeric_dtype(values.infer_objects())
 
 
+def _is_whole(series: pd.Series) -> bool:
+    """A count column (every value a whole number, e.g. group_n), shown without decimals."""
+    values = pd.to_numeric(series, errors="coerce").dropna()
+    return (
+        len(values) > 0
+        and not pd.api.types.is_bool_dtype(series)
+        and bool((values == values.round()).all())
+        and series.name.endswith("_n")
+    )
+
+
 def _most_common(values: pd.Series) -> str:
     """A text metric's cell: its most frequent value and in how many of the cell's runs it occurs."""
     counts = values.dropna().astype(str).value_counts()
@@ -183,9 +197,10 @@ def markdown_table(frame: pd.DataFrame, *, group: list[str], metrics: list[str])
     missing = [c for c in [*group, *metrics] if c not in frame]
     if missing:
         raise SystemExit(f"column(s) {missing} are not in the records; available: {sorted(frame.columns)}")
-    grouped = frame.groupby(group, sort=True, dropna=False)
+    grouped = frame.groupby(group, sort=True, dropna=False, observed=True)
     _warn_mixed_settings(grouped, group)
     text = [m for m in metrics if _is_text(frame[m])]
+    counts = {m for m in metrics if m not in text and _is_whole(frame[m])}
     numeric = [m for m in metrics if m not in text]
     stats = grouped[numeric].agg(["mean", "std"]) if numeric else pd.DataFrame(index=grouped.size().index)
     stats.columns = [f"{metric}:{stat}" for metric, stat in stats.columns] if numeric else []
@@ -202,8 +217,9 @@ def markdown_table(frame: pd.DataFrame, *, group: list[str], metrics: list[str])
                 cells.append(row[f"{m}:mode"])
                 continue
             mean, std = row[f"{m}:mean"], row[f"{m}:std"]
-            spread = "" if pd.isna(std) else f" ± {std:.4f}"  # one run: no spread to show
-            cells.append("n/a" if pd.isna(mean) else f"{mean:.4f}{spread}")  # n/a: no run has a number
+            digits = 0 if m in counts and float(mean).is_integer() else 4  # counts (group_n) stay whole
+            spread = "" if pd.isna(std) or (digits == 0 and std == 0) else f" ± {std:.{max(digits, 1)}f}"
+            cells.append("n/a" if pd.isna(mean) else f"{mean:.{digits}f}{spread}")  # n/a: no run has a number
         cells.append(str(int(row["n"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
