@@ -279,9 +279,10 @@ def privacy_utility_plot(
         panels = [(g, frame[frame["group"] == g], m) for g in dict.fromkeys(frame["group"]) for m in metrics]
     else:
         panels = [(None, frame, m) for m in metrics]
-    cols = min(len(panels), 3)
+    cols = min(len(panels), 4)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.2 * rows), squeeze=False)
+    share = per_group and len(metrics) == 1  # groups side by side on one scale, to compare them
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False, sharey=share)
     for ax, (title, runs, metric) in zip(axes.flat, panels, strict=False):
         _draw_panel(ax, runs, metric)
         if title:
