@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> dict:
             "support_set": support_where,
             **sepsis.provenance(data_dir),
         },
+        groups=sepsis.GROUPS,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from fusiondp.datasets.bank import TRAINING_DEFAULTS as BANK_DEFAULTS
+from fusiondp.experiment.groups import bands, categories
 from fusiondp.models import small_tabular_mlp
 from fusiondp.tabular.data import add_imputed_data_args
 
@@ -29,6 +30,10 @@ IGNORED: list[str] = []
 SPLITS = {"support": 512, "train": 40_000, "val": 4_000, "test": 4_000}
 """impute_adult.py's disjoint splits (seed 66), in rows, drawn from both files together."""
 BOUNDS = {"age": (16.0, 100.0)}  # public domain knowledge (working-age census respondents), for --scaling dp
+AGE_BANDS = (40, 60, 80)
+"""Public age bands for per-group metrics: <40, 40-59, 60-79, 80+ (years)."""
+GROUPS = (categories("sex"), categories("race"), bands("age", AGE_BANDS))
+"""Demographic groups of the per-group test metrics (fusiondp/experiment/groups.py), from test rows' original values."""
 TRAINING_DEFAULTS = dict(BANK_DEFAULTS)
 """No reference command for Adult: the bank reference's values (train_fusiondp_adult.py's defaults)."""
 TUNING_BATCHES = ["batch_size=128,epochs=10", "batch_size=512,epochs=10", "batch_size=1024,epochs=20"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from fusiondp.experiment.groups import bands, categories
 from fusiondp.models import small_tabular_mlp
 from fusiondp.tabular.data import add_imputed_data_args
 
@@ -22,6 +23,10 @@ IGNORED: list[str] = []
 SPLITS = {"support": 512, "train": 30_000, "val": 5_000, "test": 5_000}
 """impute_bank.py's disjoint splits (seed 66), in rows."""
 BOUNDS = {"age": (17.0, 100.0)}  # public domain knowledge (bank clients' ages), for --scaling dp
+AGE_BANDS = (40, 60, 80)
+"""Public age bands for per-group metrics: <40, 40-59, 60-79, 80+ (years)."""
+GROUPS = (bands("age", AGE_BANDS), categories("marital"))
+"""Demographic groups of the per-group test metrics (fusiondp/experiment/groups.py), from test rows' original values."""
 TRAINING_DEFAULTS = dict(
     epsilon=1.0,
     epochs=10,

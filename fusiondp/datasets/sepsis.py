@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fusiondp.experiment.groups import bands, categories, indicators
 from fusiondp.models import MLP
 from fusiondp.tabular.data import (
     IMPUTATION_INFO,
@@ -51,7 +52,7 @@ CLASS_IMPUTED = ["Gender", "Unit1", "Unit2"]
 BINARY = ["Gender", "Unit1", "Unit2"]
 """0/1 sensitive columns coded as numbers, each view on its own scale: their zero-out value is the
 imputation carried onto the original view's scale (e.g. 0.94), not a real value, and a split mode's
-record says so (:func:`fusiondp.tabular.binary_zero_out_notes`; docs/privacy.md §5)."""
+record says so (:func:`fusiondp.tabular.runner.binary_zero_out_notes`; docs/privacy.md §5)."""
 LEAKY = ["ICULOS_bin"]
 IGNORED = [*LEAKY, "index"]  # never features: ICULOS_bin leaks ICULOS; index is a row id
 BOUNDS = {  # public domain knowledge, for --scaling dp (values outside are clipped)
@@ -88,6 +89,14 @@ TRAINING_DEFAULTS = dict(
     delta=1e-5,
 )
 """The paper authors' reference command (their README), as train_fusiondp_sepsis.py's defaults."""
+AGE_BANDS = (40, 60, 80)
+"""Public age bands for per-group metrics: <40, 40-59, 60-79, 80+ (years)."""
+GROUPS = (
+    categories("Gender", {0: "female", 1: "male"}),  # PhysioNet 2019: Female (0), Male (1)
+    bands("Age", AGE_BANDS),
+    indicators({"Unit1": "MICU", "Unit2": "SICU"}, family="Unit"),  # both NaN: unit not recorded
+)
+"""Demographic groups of the per-group test metrics (fusiondp/experiment/groups.py), from test rows' original values."""
 HIDDEN = (64, 128, 64)
 DROPOUT = 0.15
 

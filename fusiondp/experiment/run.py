@@ -39,6 +39,7 @@ def run_experiment(
     privacy_notes: Sequence[str] = (),
     outside_guarantee: Sequence[str] = (),
     private_timing: str | None = None,
+    final_evaluation: Callable[[nn.Module, TrainingData], dict] | None = None,
 ) -> dict:
     """Calibrate, train, evaluate and record one run; return its result record.
 
@@ -50,6 +51,9 @@ def run_experiment(
     time depends on the original data (CAML pads a batch to its longest note); then the record of a
     DP mode leaves ``train_seconds`` and ``seconds_per_epoch`` out (None) and says why in
     ``privacy_notes``. ``build_model()`` returns a fresh model (seeded by ``config.seed`` just before).
+    ``final_evaluation(model, data)``: extra record fields computed once with the trained model on
+    evaluation rows (e.g. per-group test metrics, :mod:`fusiondp.experiment.groups`); it runs after the
+    last step, so nothing it computes reaches training.
     """
     config.validate()
     if config.skip_existing and config.results_json:
@@ -101,6 +105,7 @@ def run_experiment(
         noise_seed=noise_seed,
     )
     del sampler_seed, noise_seed  # never recorded
+    final_fields = final_evaluation(model, data) if final_evaluation else {}
     outside, draws_dp_noise, stats_epsilon = outside_guarantee_reasons(
         config, mode, scaling, rng=rng, given=outside_guarantee
     )
@@ -127,7 +132,7 @@ def run_experiment(
         log=log,
         train_seconds=train_seconds,
         device=str(device),
-        extra_record={**tuning_summary(config, privacy), **(extra_record or {})},
+        extra_record={**tuning_summary(config, privacy), **(extra_record or {}), **final_fields},
     )
     if config.results_json:
         append_record(config.results_json, record)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.groups import MIN_GROUP_CLASS, MIN_GROUP_ROWS, GroupSpec, describe, group_evaluation
 from fusiondp.experiment.records import print_summary
 from fusiondp.experiment.run import run_experiment
 from fusiondp.mechanism.accounting import ADD_REMOVE
@@ -150,6 +151,7 @@ def run_tabular(
     build_model: Callable[[int], nn.Module],
     extra_record: dict | None = None,
     binary: Sequence[str] = (),
+    groups: Sequence[GroupSpec] = (),
 ) -> dict:
     """Scale each view (``--scaling``), build the tensors, train and record one tabular run.
 
@@ -157,7 +159,9 @@ def run_tabular(
     they are standardised (:func:`fusiondp.tabular.data.original_clip_bounds`); the record names the ranges
     used in ``original_values_clipped_to_bounds``, never how many values they moved (that count is a
     statistic of the original values). ``binary``: numeric 0/1 sensitive columns; a split mode's
-    record says what their zero-out neighbour is (:func:`binary_zero_out_notes`).
+    record says what their zero-out neighbour is (:func:`binary_zero_out_notes`). ``groups``: the
+    dataset's ``GROUPS``; the final record then carries per-group test metrics
+    (:mod:`fusiondp.experiment.groups`), assigned from ``frames["test"]`` alone (its original values).
     """
     mode = get_mode(config.mode)
     numeric_sensitive = [c for c in sensitive if c not in set(categorical)]
@@ -210,15 +214,25 @@ def run_tabular(
             "real row has: its zero-out neighbour is not a real data set, so only the replace-one epsilon "
             "is meaningful for those columns"
         )
+    group_info = (
+        {
+            "group_definitions": describe(groups),
+            "group_min_rows": MIN_GROUP_ROWS,
+            "group_min_class": MIN_GROUP_CLASS,
+        }
+        if groups
+        else {}
+    )
     record = run_experiment(
         config,
         dataset=dataset,
         data=data,
         build_model=lambda: build_model(data.num_features),
         loss_fn=binary_bce,
-        extra_record={"sensitive_columns": list(sensitive), **clipping, **(extra_record or {})},
+        extra_record={"sensitive_columns": list(sensitive), **clipping, **group_info, **(extra_record or {})},
         scaling=plan,
         privacy_notes=notes,
+        final_evaluation=group_evaluation(frames["test"], groups),
     )
     print_summary(record, TABULAR_METRICS, extra=("alpha_used",))
     return record
@@ -252,4 +266,5 @@ def run_imputed_tabular(config: RunConfig, dataset: ModuleType) -> dict:
             "data_dir": str(config.extra("data_dir")),
             **imputer_provenance(data_dir),
         },
+        groups=getattr(dataset, "GROUPS", ()),
     )
