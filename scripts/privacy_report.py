@@ -247,6 +247,28 @@ def protected(record: dict, sensitive: list[str]) -> str:
     return "not recorded"
 
 
+def tuning_lines(record: dict) -> list[str]:
+    """What tuning cost: nothing said for a run outside a study; the protocol for a trial of one."""
+    protocol = record.get("tuning_protocol")
+    if not protocol:
+        return [
+            "Tuning: not part of a recorded study. Hyperparameters chosen on private data cost privacy "
+            "that this ε does not count."
+        ]
+    study = record.get("tuning_study")
+    if protocol == "idealised" or record.get("epsilon_with_tuning") is None:
+        return [
+            f"Tuning: a trial of study {study}, idealised protocol: ε above is PER RUN; the cost of "
+            "selecting the best of the study's trials is NOT counted (as papers usually report)."
+        ]
+    return [
+        f"Tuning: a trial of study {study}, honest protocol: {record.get('cost_of_tuning')}. Per run "
+        f"ε = {record['epsilon_per_run_rdp']:.3f} (RDP); releasing the best trial of the study costs "
+        f"ε = {record['epsilon_with_tuning']:.3f} in total at δ = {record['delta']:g}, tuning included. "
+        "Public for the selection: the validation rows (evaluation data) and the number of trials K.",
+    ]
+
+
 def report(record: dict) -> str:
     """The guarantee of one run, in words and numbers."""
     sensitive = record.get("sensitive_columns") or []
@@ -270,6 +292,7 @@ def report(record: dict) -> str:
             f"Mechanism: σ = {record['sigma']:.4f}, q = b/N = {record['sample_rate']:.5f}, T = {record['steps']} "
             f"steps, clip C = {record.get('max_grad_norm')}.",
         ]
+    lines += tuning_lines(record)
     holds, outside = guarantee_status(record)
     lines.append(
         f"Guarantee holds: {'yes' if holds else 'NO'}"

@@ -9,7 +9,7 @@ r"""Tune every mode with the same budget, select on validation, then run the win
 
 One study per mode, on Optuna (``RandomSampler`` seeded by ``--study_seed``: candidates independent and
 uniform over the mode's space, which the honest protocol's theorem requires; ``JournalStorage`` in
-``RESULTS/optuna.journal``). Every mode gets the same number of trials K:
+``RESULTS/study/optuna.journal``; the summary in ``RESULTS/study/summary.json``). Every mode gets the same number of trials K:
 
 * ``--protocol idealised``: K = ``--trials``; each trial's σ meets ``--epsilon`` on its own, and the
   records and table say "cost of tuning not counted" (what papers usually report).
@@ -79,7 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--seeds", nargs="+", type=int, default=[1, 2, 3], help="trials use the first; the winner all"
     )
     what.add_argument(
-        "--results", required=True, help="the study's folder: records, optuna.journal, summary.json"
+        "--results",
+        required=True,
+        help="the study's folder: run records, study/ (Optuna journal, summary.json)",
     )
     what.add_argument("--logs", default=None, help="the runs' logs (default: RESULTS/logs)")
     what.add_argument("extra", nargs="*", help="after --: flags passed to every run of the train script")
@@ -145,6 +147,13 @@ def number_of_trials(args: argparse.Namespace) -> int:
     return trials.draw(np.random.default_rng([args.study_seed, 0x7E57]))
 
 
+def study_folder(args: argparse.Namespace) -> Path:
+    """RESULTS/study: the Optuna journal and summary.json, apart from the run records (RESULTS/*.json)."""
+    folder = Path(args.results) / "study"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def study_name(args: argparse.Namespace, mode: str) -> str:
     return f"{args.dataset}-{mode}-eps{args.epsilon:g}-{args.protocol}-seed{args.study_seed}"
 
@@ -156,7 +165,7 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(Path(args.results) / "optuna.journal")))
+    storage = JournalStorage(JournalFileBackend(str(study_folder(args) / "optuna.journal")))
     name = study_name(args, mode)
     sampler = optuna.samplers.RandomSampler(seed=args.study_seed)
     study = optuna.create_study(
@@ -319,7 +328,7 @@ def main(args: argparse.Namespace) -> dict:
                          "study_seed": args.study_seed, "select": args.select, "seeds": args.seeds,
                          "extra": args.extra, "minutes_this_start": (time.time() - started) / 60,
                          "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
-    (results / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (study_folder(args) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(table(summary, metric))
     return summary
 

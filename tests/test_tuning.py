@@ -108,3 +108,62 @@ def test_bad_tuning_settings_are_refused_with_the_value():
     with pytest.raises(ValueError, match="replace-one"):
         tuned_epsilon([RunSetting(1.0, 0.01, 100)], delta=DELTA, trials=TrialCount(), relation=REPLACE_ONE)
     assert TrialCount("poisson").shape == math.inf and TrialCount("logarithmic").shape == 0
+
+
+# --------------------------------------------------------------------------- a trial's run and record
+
+
+def test_an_honest_trial_is_calibrated_for_the_total_and_says_both_epsilons(sepsis_dir, tmp_path):
+    from conftest import load_script, sepsis_args
+
+    sepsis_script = load_script("train_fusiondp_sepsis")
+    flags = ("--mode", "fusiondp", "--accountant", "rdp", "--tuning_protocol", "honest",
+             "--tuning_study", "s/trial0", "--results_json", str(tmp_path / "r.jsonl"))  # fmt: skip
+    record = sepsis_script.main(sepsis_args(sepsis_dir, *flags))
+    assert record["tuning_protocol"] == "honest" and record["tuning_mean_trials"] == 10
+    assert 1.98 <= record["epsilon_with_tuning"] <= record["epsilon"] == 2.0
+    assert record["epsilon_spent"] < 1.2 and record["epsilon_per_run_rdp"] == pytest.approx(
+        record["epsilon_spent"], abs=0.01
+    )
+    setting = RunSetting(record["sigma"], record["sample_rate"], record["steps"])
+    assert (
+        tuned_epsilon([setting], delta=record["delta"], trials=TrialCount()) == record["epsilon_with_tuning"]
+    )
+    report = load_script("scripts.privacy_report").report(record)
+    assert "honest protocol" in report and f"{record['epsilon_with_tuning']:.3f} in total" in report
+
+
+def test_an_idealised_trial_says_the_cost_of_tuning_is_not_counted(sepsis_dir):
+    from conftest import load_script, sepsis_args
+
+    sepsis_script = load_script("train_fusiondp_sepsis")
+    record = sepsis_script.main(sepsis_args(sepsis_dir, "--mode", "dpsgd", "--tuning_protocol", "idealised"))
+    assert record["epsilon_with_tuning"] is None and record["cost_of_tuning"].startswith("not counted")
+    assert "NOT counted" in load_script("scripts.privacy_report").report(record)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (("--tuning_protocol", "honest"), "needs --accountant rdp"),
+        (("--tuning_protocol", "honest", "--accountant", "rdp", "--mode", "naive_fusion"), "replace-one"),
+        (
+            ("--tuning_protocol", "honest", "--accountant", "rdp", "--tuning_mean_trials", "0"),
+            "at least 1, got 0.0",
+        ),
+        (
+            (
+                "--tuning_trials",
+                "geometric",
+            ),
+            "describe the honest protocol's K",
+        ),
+        (("--tuning_protocol", "honest", "--accountant", "rdp", "--mode", "sgd_ori"), "has none"),
+    ],
+)
+def test_a_trial_with_impossible_tuning_flags_is_refused(sepsis_dir, flags, message):
+    from conftest import load_script, sepsis_args
+
+    sepsis_script = load_script("train_fusiondp_sepsis")
+    with pytest.raises(ValueError, match=message):
+        sepsis_script.main(sepsis_args(sepsis_dir, *flags))
