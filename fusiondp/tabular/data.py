@@ -451,8 +451,9 @@ def prepare_tabular(
     one-hot blocks of categorical sensitive columns included (their 1s become s); the noise view's
     draws are N(0, s²). Public columns are unchanged. The same public factor in every view keeps the
     views' relations: a zero-out neighbour's original view still equals its public view (the
-    clipping ranges, on the raw values, are unchanged), and nothing here reads original values
-    to choose s.
+    clipping ranges, on the raw values, are unchanged; both views are scaled in float64 before the
+    float32 cast, so they stay equal, or one float32 ulp of s·z apart, within the step's absolute
+    SAME_VIEW_TOLERANCE for |s·z| up to about 80), and nothing here reads original values to choose s.
     """
     if not (math.isfinite(sensitive_scale) and sensitive_scale > 0):
         raise ValueError(f"--sensitive_scale must be finite and > 0, got {sensitive_scale!r}.")
