@@ -154,6 +154,11 @@ def check_flags(args: argparse.Namespace) -> None:
     mimic.check_delta_flags(args.delta, one_over_n=args.delta_one_over_n)
     if args.model == "encoder" and args.embeddings is not None:
         raise ValueError(f"--embeddings {args.embeddings} is CAML's; --model encoder uses --encoder.")
+    if args.sensitive_scale is not None:
+        raise ValueError(
+            f"--sensitive_scale {args.sensitive_scale} scales tabular sensitive columns; notes have none "
+            "(their sensitive spans are tokens): leave the flag out."
+        )
 
 
 def main(args: argparse.Namespace) -> dict:

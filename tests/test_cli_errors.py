@@ -107,16 +107,18 @@ def test_the_run_config_keeps_the_settings_of_the_command_line():
     import argparse
 
     from fusiondp.experiment.cli import add_training_args
-    from fusiondp.experiment.config import RunConfig, run_settings
+    from fusiondp.experiment.config import OMITTED_WHEN_UNSET, RunConfig, run_settings
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data_dir", default=None)
     add_training_args(parser, beta=0.5)
     args = parser.parse_args(["--mode", "naive_fusion", "--epsilon", "4"])
     config = RunConfig.from_args(args)
-    # mix_weight unset: left out, so old records and sweeps match exactly as before the flag existed
-    assert config.settings() == {k: v for k, v in vars(args).items() if k != "mix_weight"}
-    assert list(config.settings()) == [k for k in vars(args) if k != "mix_weight"]
+    # mix_weight (and the later optimizer, lr_schedule, ... flags) unset: left out, so old records and
+    # sweeps match exactly as before the flag existed
+    assert {"mix_weight", "optimizer", "sensitive_scale"} <= OMITTED_WHEN_UNSET
+    assert config.settings() == {k: v for k, v in vars(args).items() if k not in OMITTED_WHEN_UNSET}
+    assert list(config.settings()) == [k for k in vars(args) if k not in OMITTED_WHEN_UNSET]
     assert config.settings() == run_settings(vars(args))
     assert config.extra("data_dir") is None and config.replace(seed=3).settings()["seed"] == 3
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -16,7 +16,7 @@ from conftest import load_script, sepsis_args
 
 from fusiondp.audit.controls import CORRECT
 from fusiondp.audit.step_canaries import step_canary_audit
-from fusiondp.experiment.config import RunConfig
+from fusiondp.experiment.config import OMITTED_WHEN_UNSET, RunConfig
 from fusiondp.experiment.plan import privacy_spec_for, step_config_for
 from fusiondp.experiment.records import EXPERIMENT_MODE
 from fusiondp.experiment.results import load_records
@@ -46,6 +46,7 @@ FLAG_SETS = (
         "--scaling", "private", "--neighbouring", "replace_one", "--per_example", "vmap",
         "--max_private_noise", "0", "--accountant", "pld", "--skip_existing",
     ],
+    ["--optimizer", "momentum", "--momentum", "0.5", "--lr_schedule", "cosine", "--sensitive_scale", "2"],
 )  # fmt: skip
 
 
@@ -60,7 +61,7 @@ def test_settings_are_exactly_the_parsed_flags(script, flags):
     args = load_script(script).get_args_parser().parse_args(flags)
     config = RunConfig.from_args(args)
     parsed = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in vars(args).items()}
-    expected = {k: v for k, v in parsed.items() if not (k == "mix_weight" and v is None)}
+    expected = {k: v for k, v in parsed.items() if not (k in OMITTED_WHEN_UNSET and v is None)}
     assert config.settings() == expected
     assert list(config.settings()) == list(expected)  # the recorded args keep the parser's order
     for name, value in vars(args).items():

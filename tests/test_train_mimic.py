@@ -134,6 +134,7 @@ def test_bad_flags_are_refused(notes_dir):
         (["--delta", "1e-6", "--delta_one_over_n"], "not both"),
         (["--delta", "2"], r"--delta must be in \(0, 1\)"),
         (["--model", "encoder", "--embeddings", "minilm"], "is CAML's"),
+        (["--sensitive_scale", "2"], "--sensitive_scale 2.0 scales tabular sensitive columns"),
     ],
 )
 def test_bad_flag_combinations_fail_before_any_data_is_read(tmp_path, monkeypatch, flags, message):
@@ -143,6 +144,14 @@ def test_bad_flag_combinations_fail_before_any_data_is_read(tmp_path, monkeypatc
     monkeypatch.setattr(mimic_script, "load_note_splits", never)
     with pytest.raises(ValueError, match=message):
         mimic_script.main(_args(tmp_path / "nowhere", *flags))
+
+
+def test_notes_train_with_adam_and_a_cosine_schedule(notes_dir):
+    record = mimic_script.main(
+        _args(notes_dir, "--mode", "fusiondp", "--optimizer", "adam", "--lr_schedule", "cosine")
+    )
+    assert (record["optimizer"], record["lr_schedule"], record["sensitive_scale"]) == ("adam", "cosine", None)
+    assert np.isfinite(record["test_micro_f1"]) and record["args"]["optimizer"] == "adam"
 
 
 def test_c_h_from_original_notes_is_marked_outside_the_guarantee(notes_dir):

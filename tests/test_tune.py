@@ -24,7 +24,8 @@ KNOWN = {a.dest for a in load_script("train_fusiondp_sepsis").get_args_parser().
 def test_every_split_mode_searches_the_same_space_and_the_honest_one_fixes_q_and_t():
     spaces = {m: search_space(sepsis, m) for m in ("dpsgd", "feature-dp", "calibrated_fusion", "fusiondp")}
     assert set(spaces["feature-dp"]) == set(spaces["calibrated_fusion"]) == set(spaces["fusiondp"]) - {"beta"}
-    assert set(spaces["dpsgd"]) == {"lr", "max_grad_norm", "public_batch_size", "batch_size,epochs"}
+    assert set(spaces["dpsgd"]) == {"lr", "max_grad_norm", "public_batch_size", "optimizer", "lr_schedule",
+                                    "sensitive_scale", "batch_size,epochs"}  # fmt: skip
     for mode, space in spaces.items():
         check_space(space, known_flags=KNOWN)
         honest = search_space(sepsis, mode, protocol="honest")
@@ -56,8 +57,8 @@ def test_the_honest_protocol_refuses_a_space_that_moves_sigma():
 def test_a_candidate_becomes_train_script_flags_and_bundles_set_several():
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3)).ask()
     flags = suggest(trial, search_space(sepsis, "fusiondp"))
-    assert set(flags) == {"lr", "max_grad_norm", "public_batch_size", "alpha", "max_private_noise", "beta",
-                          "batch_size", "epochs"}  # fmt: skip
+    assert set(flags) == {"lr", "max_grad_norm", "public_batch_size", "optimizer", "lr_schedule",
+                          "sensitive_scale", "alpha", "max_private_noise", "beta", "batch_size", "epochs"}  # fmt: skip
     assert (flags["batch_size"], flags["epochs"]) in {("128", "13"), ("512", "13"), ("1024", "26")}
     assert 0.01 <= float(flags["lr"]) <= 1.0
 

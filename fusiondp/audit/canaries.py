@@ -118,10 +118,15 @@ class AuditedRun:
 
 
 def prepare(
-    task: TabularTask, planted: pd.DataFrame, *, seed: int, control: PipelineControl | None = None
+    task: TabularTask,
+    planted: pd.DataFrame,
+    *,
+    seed: int,
+    control: PipelineControl | None = None,
+    sensitive_scale: float = 1.0,
 ) -> tuple[TabularData, TabularPreprocessor]:
     """The tensors of the planted rows, both views on the hybrid rows' scale (``control``: a broken
-    preprocessor fitted on the original rows too)."""
+    preprocessor fitted on the original rows too; ``sensitive_scale``: ``--sensitive_scale``)."""
     support = task.frames.get("support")
     numeric_sensitive = [c for c in task.sensitive if c not in set(task.categorical)]
     shared = task.frames["hybrid"] if support is None else pd.concat([task.frames["hybrid"], support])
@@ -146,6 +151,7 @@ def prepare(
         noise_seed=seed,
         original_stats=stats,
         shared_fit=shared,
+        sensitive_scale=sensitive_scale,
     )
 
 
@@ -167,7 +173,9 @@ def audited_run(
 ) -> AuditedRun:
     """Plant the canaries and train ONE model through :func:`fusiondp.experiment.run.run_experiment`."""
     planted = plant_canaries(task, plan)
-    data, prep = prepare(task, planted, seed=config.seed, control=control)
+    data, prep = prepare(
+        task, planted, seed=config.seed, control=control, sensitive_scale=config.sensitive_scale_used
+    )
     built: dict = {}
 
     def build_model() -> nn.Module:
@@ -251,7 +259,9 @@ def public_state_check(
     config = audited_config(config, control)
     states = []
     for planted in (plant_canaries(task, plan), plant_canaries(task, plan, all_out=True)):
-        data, prep = prepare(task, planted, seed=config.seed, control=control)
+        data, prep = prepare(
+            task, planted, seed=config.seed, control=control, sensitive_scale=config.sensitive_scale_used
+        )
         torch.manual_seed(config.seed)
         model = task.build_model(data.num_features)
         c_h, _ = resolve_c_h(

@@ -11,6 +11,7 @@ import torch
 
 from fusiondp.mechanism.accounting import ACCOUNTANTS, NEIGHBOURING_FLAGS
 from fusiondp.mechanism.modes import MODES
+from fusiondp.mechanism.optim import DEFAULT_MOMENTUM, LR_SCHEDULES, OPTIMIZERS
 from fusiondp.mechanism.scaling import SCALING_SOURCES
 from fusiondp.mechanism.tuning import DISTRIBUTIONS as TRIAL_DISTRIBUTIONS
 from fusiondp.mechanism.tuning import TUNING_PROTOCOLS
@@ -69,6 +70,34 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
         "--device", default="auto", help="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    g.add_argument(
+        "--optimizer",
+        default=None,
+        choices=OPTIMIZERS,
+        help="update rule applied to g = w_pub*g_pub + w_priv*g_priv in every mode: sgd, momentum "
+        "(heavy ball, --momentum) or adam (betas 0.9/0.999, eps 1e-8). Momentum and Adam see only the "
+        "already-noised update (post-processing) (default: plain SGD, the reference)",
+    )
+    g.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help=f"--optimizer momentum: its coefficient, in [0, 1) (default: {DEFAULT_MOMENTUM})",
+    )
+    g.add_argument(
+        "--lr_schedule",
+        default=None,
+        choices=LR_SCHEDULES,
+        help="constant, or cosine: lr decays from --lr towards 0 over the run's T steps (default: constant)",
+    )
+    g.add_argument(
+        "--sensitive_scale",
+        type=float,
+        default=None,
+        help="tabular data: public constant s > 0 multiplying the sensitive columns' standardised values "
+        "(and one-hot or ordinal blocks) in every view, training, val and test; the input scale is a "
+        "DP-SGD hyperparameter (Sun, Suresh & Menon, ICLR 2024). Notes runs refuse it (default: 1)",
     )
 
     p = parser.add_argument_group("privacy")

@@ -23,11 +23,13 @@ from typing import Any
 
 from fusiondp.mechanism.accounting import REPLACE_ONE
 from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.optim import DEFAULT_MOMENTUM, LR_SCHEDULES, OPTIMIZERS
 from fusiondp.mechanism.tuning import TrialCount
 
 OMITTED_WHEN_UNSET = frozenset(
-    {"mix_weight", "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study"}
-)
+    {"mix_weight", "optimizer", "momentum", "lr_schedule", "sensitive_scale",
+     "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study"}
+)  # fmt: skip
 """Flags added after records existed: left out of the settings while unset, so that a run without them
 has the same settings (and skip-matching) as before the flag existed."""
 
@@ -82,6 +84,10 @@ class RunConfig:
     results_json: str | None = None
     no_progress: bool = False
     skip_existing: bool = False
+    optimizer: str | None = None
+    momentum: float | None = None
+    lr_schedule: str | None = None
+    sensitive_scale: float | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
     """The script's own flags, by name (``data_dir``, ``one_hot``, ...), as parsed."""
     order: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -156,6 +162,26 @@ class RunConfig:
             return "regularizer weight"
         return "unused"
 
+    @property
+    def optimizer_used(self) -> str:
+        """``--optimizer``, or plain SGD (the reference) when unset."""
+        return self.optimizer or "sgd"
+
+    @property
+    def momentum_used(self) -> float:
+        """``--momentum``, or 0.9 when unset (read by ``--optimizer momentum`` only)."""
+        return DEFAULT_MOMENTUM if self.momentum is None else self.momentum
+
+    @property
+    def lr_schedule_used(self) -> str:
+        """``--lr_schedule``, or a constant lr (the reference) when unset."""
+        return self.lr_schedule or "constant"
+
+    @property
+    def sensitive_scale_used(self) -> float:
+        """``--sensitive_scale``, or 1.0 (standardised values as they are) when unset."""
+        return 1.0 if self.sensitive_scale is None else self.sensitive_scale
+
     def validate(self) -> None:
         """Reject values no run can use, naming the flag and the value."""
         for name in ("epochs", "batch_size", "public_batch_size", "lr", "max_grad_norm"):
@@ -196,6 +222,22 @@ class RunConfig:
             raise ValueError(
                 f"--scaling_noise_multiplier must be > 0, got {self.scaling_noise_multiplier!r}."
             )
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        if self.momentum is not None and not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum!r}.")
+        if self.momentum is not None and self.optimizer_used != "momentum":
+            # Accepted and ignored, it would make the settings differ from the same run without it.
+            raise ValueError(
+                f"--momentum is read by --optimizer momentum only; this run's optimizer is "
+                f"{self.optimizer_used!r} (got --momentum {self.momentum!r})."
+            )
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        if self.sensitive_scale is not None and not (
+            math.isfinite(self.sensitive_scale) and self.sensitive_scale > 0
+        ):
+            raise ValueError(f"--sensitive_scale must be finite and > 0, got {self.sensitive_scale!r}.")
 
     def _validate_tuning(self) -> None:
         honest_only = {"tuning_trials": self.tuning_trials, "tuning_mean_trials": self.tuning_mean_trials,

@@ -4,6 +4,8 @@ Sampling: DP modes draw their private batch by Poisson sampling (each row indepe
 probability q = b/N), as the accountant assumes, and their public batch uniformly without
 replacement; the non-private modes use shuffled batches of exactly b rows. Every mode runs exactly
 T = round(epochs · N / b) steps and is evaluated on every val and test row at each epoch boundary.
+The run's optimizer state (``cfg.optimizer``: momentum buffer, Adam's moments) is made here once and
+kept across the T steps; step t's learning rate follows ``cfg.lr_schedule`` over those T steps.
 
 The loop reads its data through the small :class:`TrainingData` protocol, so tables
 (:class:`fusiondp.tabular.data.TabularData`) and notes share it, and with it the one DP step.
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fusiondp.mechanism.modes import ModeSpec
+from fusiondp.mechanism.optim import scheduled_lr
 from fusiondp.mechanism.step import LossFn, StepConfig, fusion_step
 
 Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
@@ -110,7 +113,9 @@ def train(
 ) -> tuple[list[dict], float]:
     """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded).
 
-    The DP noise comes from its own generator, seeded by ``noise_seed`` (default ``seed + 1``).
+    The DP noise comes from its own generator, seeded by ``noise_seed`` (default ``seed + 1``). One
+    optimizer state (``cfg.new_optimizer()``) serves all steps; step t (0-based) runs at
+    ``scheduled_lr(cfg.lr, cfg.lr_schedule, step=t, steps=steps)``.
     """
     device = data.y.device
     sampler = BatchSampler(data.num_rows, seed=seed)
@@ -118,6 +123,7 @@ def train(
         seed + 1 if noise_seed is None else noise_seed
     )
     sample_rate = batch_size / data.num_rows
+    optimizer = cfg.new_optimizer()
     bounds = epoch_boundaries(steps=steps, epochs=epochs)
     log: list[dict] = []
     train_seconds = 0.0
@@ -147,7 +153,10 @@ def train(
                 batch["x_private"], batch["x_reference"] = data.batch(["original", mode.public_view], rows)
             else:
                 (batch["x_private"],) = data.batch(["original"], rows)
-        fusion_step(model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator)
+        lr = scheduled_lr(cfg.lr, cfg.lr_schedule, step=step - 1, steps=steps)
+        fusion_step(
+            model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator, optimizer=optimizer, lr=lr
+        )
         bar.update(1)
         if step in bounds:
             train_seconds += time.perf_counter() - start

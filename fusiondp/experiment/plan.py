@@ -176,6 +176,9 @@ def step_config_for(
         c_h=c_h,
         max_param_norm=config.max_param_norm or None,
         divide_by_realised_batch=config.divide_by_realised_batch,
+        optimizer=config.optimizer_used,
+        momentum=config.momentum_used,
+        lr_schedule=config.lr_schedule_used,
     )
 
 

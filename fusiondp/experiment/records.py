@@ -86,10 +86,16 @@ def build_record(
     train_seconds: float | None,
     device: str,
     extra_record: dict | None = None,
+    sensitive_scale: float | None = None,
 ) -> dict:
     """The result record of one finished run (docs/design.md §5): what was asked, what was used, what
-    it guarantees, what it scored, and where it ran. Reads no data; every value is passed in."""
+    it guarantees, what it scored, and where it ran. Reads no data; every value is passed in.
+
+    ``sensitive_scale``: the multiplier the data applied to its sensitive columns (tabular; None where
+    the data has no such scale, e.g. notes)."""
     import torch  # the one heavy import, here only
+
+    from fusiondp.mechanism.optim import ADAM_BETAS, ADAM_EPS
 
     stats_sigma = scaling.stats_noise_multiplier if scaling else None
     final = log[-1]
@@ -157,6 +163,13 @@ def build_record(
         "divide_by_realised_batch": config.divide_by_realised_batch,
         "per_example_method": method,
         "per_example_reason": method_reason,
+        # The update rule and input scale used (every mode; effective values, defaults included).
+        "optimizer": step.optimizer,
+        "momentum": step.momentum if step.optimizer == "momentum" else None,
+        "adam_betas": list(ADAM_BETAS) if step.optimizer == "adam" else None,
+        "adam_eps": ADAM_EPS if step.optimizer == "adam" else None,
+        "lr_schedule": step.lr_schedule,
+        "sensitive_scale": sensitive_scale,
         **{k: final[k] for k in final if k.startswith(("val_", "test_"))},
         "train_seconds": train_seconds,
         # None where the timing depends on private data (run_experiment's private_timing)

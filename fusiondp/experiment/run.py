@@ -27,6 +27,23 @@ from fusiondp.mechanism.scaling import ScalingPlan
 from fusiondp.mechanism.step import LossFn, per_example_method
 
 
+def check_sensitive_scale(config: RunConfig, data: TrainingData) -> float | None:
+    """The scale ``data`` applied to its sensitive columns (None: it has none), checked against
+    ``--sensitive_scale``: a flag the data did not apply would be recorded but not used."""
+    data_scale = getattr(data, "sensitive_scale", None)
+    if data_scale is None and config.sensitive_scale is not None:
+        raise ValueError(
+            f"--sensitive_scale {config.sensitive_scale!r} scales the sensitive columns of tabular data; "
+            f"this run's data ({type(data).__name__}) has none to scale: leave the flag out."
+        )
+    if data_scale is not None and data_scale != config.sensitive_scale_used:
+        raise ValueError(
+            f"--sensitive_scale is {config.sensitive_scale_used!r} but the data were prepared with "
+            f"sensitive_scale={data_scale!r}: pass the run's scale to prepare_tabular."
+        )
+    return data_scale
+
+
 def run_experiment(
     config: RunConfig,
     *,
@@ -53,9 +70,11 @@ def run_experiment(
     ``privacy_notes``. ``build_model()`` returns a fresh model (seeded by ``config.seed`` just before).
     ``final_evaluation(model, data)``: extra record fields computed once with the trained model on
     evaluation rows (e.g. per-group test metrics, :mod:`fusiondp.experiment.groups`); it runs after the
-    last step, so nothing it computes reaches training.
+    last step, so nothing it computes reaches training. ``--sensitive_scale`` must be the scale ``data``
+    was built with (its ``sensitive_scale`` attribute, tabular data); data without one (notes) refuse it.
     """
     config.validate()
+    data_scale = check_sensitive_scale(config, data)
     if config.skip_existing and config.results_json:
         done = find_run(config.results_json, config.settings())
         if done is not None:
@@ -133,6 +152,7 @@ def run_experiment(
         train_seconds=train_seconds,
         device=str(device),
         extra_record={**tuning_summary(config, privacy), **(extra_record or {}), **final_fields},
+        sensitive_scale=data_scale,
     )
     if config.results_json:
         append_record(config.results_json, record)

@@ -30,11 +30,17 @@ from fusiondp.mechanism.modes import get_mode
 Space = dict[str, tuple]
 
 COMMON: Space = {
-    "lr": ("log", 0.01, 1.0),
+    "lr": ("log", 0.003, 1.0),
     "max_grad_norm": ("log", 0.2, 5.0),
     "public_batch_size": ("choice", [1024, 4096]),
+    "optimizer": ("choice", ["sgd", "momentum", "adam"]),
+    "lr_schedule": ("choice", ["constant", "cosine"]),
+    "sensitive_scale": ("log", 0.3, 3.0),
 }
-"""Every mode's knobs (the non-private modes ignore the clip norm; searching it costs them nothing)."""
+"""Every mode's knobs: lr (wide enough for Adam's smaller rates), the clip norm (the non-private modes
+ignore it; searching it costs them nothing), the public batch, the update rule (SGD, momentum 0.9, Adam:
+DP-Adam for the private term, whose moments see only the noised gradient), the schedule, and the
+public scale s of the sensitive columns (every view; input scale is a DP-SGD hyperparameter)."""
 SPLIT_MODES: Space = {
     "alpha": ("log", 0.3, 10.0),
     "max_private_noise": ("choice", [0.0, 1.0, 3.0, 10.0]),

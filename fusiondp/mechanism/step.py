@@ -9,13 +9,16 @@ Phases of one step, in order:
    not finite), then summed.
 4. ``add_noise``: N(0, σ²C²) on every coordinate of the sum.
 5. scale by 1/b (the expected Poisson batch size; or the realised size, for reference runs).
-6. ``apply_update``: θ ← θ − lr · (w_pub · g_pub + w_priv · g_priv), then project onto ‖θ‖ ≤ M.
+6. ``apply_update``: the optimizer's update with g = w_pub · g_pub + w_priv · g_priv (plain SGD
+   θ ← θ − lr · g by default; momentum or Adam, :mod:`fusiondp.mechanism.optim`), at this step's lr
+   (``--lr_schedule``), then project onto ‖θ‖ ≤ M.
 
 Privacy contract: the original rows ``x_private`` enter only through phase 2, whose output is
 clipped per row (phase 3) before anything else touches it, and the noise of phase 4 is drawn for
 every step, including steps whose Poisson batch is empty. Phases 2-3 run on their own random
 stream, so not even the NUMBER of random draws they make (which can depend on original values,
-e.g. notes' lengths) reaches the public term.
+e.g. notes' lengths) reaches the public term. The optimizer (phase 6) and its state across steps
+see only the combined update g, built after the noise: DP-momentum and DP-Adam are post-processing.
 
 Models used here return ``(logits, representation)`` and accept inputs with leading
 ``(views, batch)`` dimensions; views of the same row must share their dropout masks (see
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fusiondp.mechanism.clipping import METHODS, clip_factors, clipped_sum, excluding, unsupported_reason
+from fusiondp.mechanism.optim import DEFAULT_MOMENTUM, LR_SCHEDULES, OPTIMIZERS, Optimizer
 from fusiondp.mechanism.regularizer import consistency_penalty
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -61,6 +65,9 @@ class StepConfig:
     max_param_norm: float | None = 10.0
     divide_by_realised_batch: bool = False
     per_example: str = "vmap"  # "bookkeeping" (fusiondp.mechanism.clipping) or "vmap" (the reference)
+    optimizer: str = "sgd"  # "sgd" (the reference), "momentum" or "adam" (fusiondp.mechanism.optim)
+    momentum: float = DEFAULT_MOMENTUM  # used by "momentum" only
+    lr_schedule: str = "constant"  # or "cosine": lr decays to 0 over the run's T steps (the loop's)
 
     def __post_init__(self) -> None:
         if self.per_example not in ("bookkeeping", "vmap"):
@@ -73,6 +80,16 @@ class StepConfig:
             raise ValueError(f"the regularizer needs C_h > 0, got c_h={self.c_h!r}.")
         if self.private_loss == "full" and self.reg_weight:
             raise ValueError("the regularizer needs a reference view ('difference' private loss).")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        if not (0 <= self.momentum < 1):
+            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+
+    def new_optimizer(self) -> Optimizer:
+        """A fresh optimizer state for a run with this configuration (the loop makes one per run)."""
+        return Optimizer(self.optimizer, momentum=self.momentum)
 
 
 def trainable_params(model: nn.Module) -> Grads:
@@ -278,11 +295,18 @@ def private_gradient(
 
 
 @torch.no_grad()
-def apply_update(model: nn.Module, update: Grads, *, lr: float, max_param_norm: float | None) -> None:
-    """θ ← θ − lr · update, then project θ onto the ball ‖θ‖₂ ≤ M (global norm over all parameters)."""
+def apply_update(
+    model: nn.Module,
+    update: Grads,
+    *,
+    lr: float,
+    max_param_norm: float | None,
+    optimizer: Optimizer | None = None,
+) -> None:
+    """The optimizer's step with ``update`` at ``lr`` (default plain SGD: θ ← θ − lr · update), then
+    project θ onto the ball ‖θ‖₂ ≤ M (global norm over all parameters)."""
     params = trainable_params(model)
-    for name, p in params.items():
-        p.sub_(lr * update[name])
+    (optimizer or Optimizer("sgd")).update(params, update, lr=lr)
     if max_param_norm:
         total = torch.sqrt(sum(p.pow(2).sum() for p in params.values()))
         if total > max_param_norm:
@@ -301,13 +325,29 @@ def fusion_step(
     cfg: StepConfig,
     loss_fn: LossFn,
     generator: torch.Generator,
+    optimizer: Optimizer | None = None,
+    lr: float | None = None,
 ) -> dict:
-    """One step: g = w_pub · g_pub + w_priv · g_priv, an SGD update, the projection.
+    """One step: g = w_pub · g_pub + w_priv · g_priv, the optimizer's update, the projection.
 
     ``x_public`` is a batch of a public view (unused when ``cfg.w_pub == 0``); ``x_private`` the
     Poisson batch of ORIGINAL rows and ``x_reference`` the same rows in the public view (only for
     the 'difference' private loss). Returns the private batch size (nothing computed from private values).
+
+    ``optimizer``: the run's :class:`fusiondp.mechanism.optim.Optimizer` (``cfg.new_optimizer()``, kept
+    by the caller across steps); it may be left out only for ``cfg.optimizer == "sgd"``, which has no
+    state. It receives g only after the private term's noise was added (drawn on every step), so its
+    state is post-processing. ``lr``: this step's learning rate (the schedule's; default ``cfg.lr``).
     """
+    if optimizer is None:
+        if cfg.optimizer != "sgd":
+            raise ValueError(
+                f"--optimizer {cfg.optimizer} keeps state across steps: pass the run's optimizer "
+                "(cfg.new_optimizer(), made once per run) to fusion_step."
+            )
+        optimizer = cfg.new_optimizer()
+    elif optimizer.kind != cfg.optimizer:
+        raise ValueError(f"the optimizer given is {optimizer.kind!r} but cfg.optimizer is {cfg.optimizer!r}.")
     params = trainable_params(model)
     update = {k: torch.zeros_like(p) for k, p in params.items()}
     stats: dict = {}
@@ -324,5 +364,11 @@ def fusion_step(
         # Only the batch size leaves this function. Statistics of the per-example norms (such as
         # the clipped fraction) are functions of the original sensitive values that bypass the noise.
         stats = {"private_batch_size": int(norms.numel())}
-    apply_update(model, update, lr=cfg.lr, max_param_norm=cfg.max_param_norm)
+    apply_update(
+        model,
+        update,
+        lr=cfg.lr if lr is None else lr,
+        max_param_norm=cfg.max_param_norm,
+        optimizer=optimizer,
+    )
     return stats

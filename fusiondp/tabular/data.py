@@ -11,7 +11,9 @@ the caller obtained from public or DP sources. The original rows are only transf
 the vocabulary lacks (or a missing value) becomes an all-zero one-hot block. Given public ``bounds``,
 the original view's numeric sensitive values (training rows, val and test) are clipped to them before
 they are standardised (:func:`original_clip_bounds`): an inf or 1e33 becomes a value in range, row by
-row, whatever the other rows hold.
+row, whatever the other rows hold. Given ``sensitive_scale`` s (``--sensitive_scale``, public),
+every view's sensitive feature columns (standardised numeric values, and the one-hot or ordinal
+blocks of categorical ones) are multiplied by s after standardising.
 """
 
 from __future__ import annotations
@@ -236,7 +238,9 @@ class TabularPreprocessor:
     """Mean-fill and standardise numeric columns; one-hot (or ordinal-code) categorical ones.
 
     Fit it on public data only (see the module docstring). Numeric columns in ``clip_`` are clipped
-    to their (lo, hi) before the fill and the standardisation (missing values stay missing).
+    to their (lo, hi) before the fill and the standardisation (missing values stay missing). Columns
+    in ``scale_`` have their features multiplied by their factor after the standardisation (a
+    categorical column's whole one-hot block, or its ordinal code), in float64 before the float32 cast.
     """
 
     numeric: list[str]
@@ -248,6 +252,7 @@ class TabularPreprocessor:
     feature_names_: list[str] = field(default_factory=list)
     source_column_: list[str] = field(default_factory=list)
     clip_: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scale_: dict[str, float] = field(default_factory=dict)
 
     def fit(self, public_frame: pd.DataFrame) -> TabularPreprocessor:
         for col in self.numeric:
@@ -275,16 +280,22 @@ class TabularPreprocessor:
             if col in self.clip_:
                 values = values.clip(*self.clip_[col])  # inf too; NaN stays NaN (filled below)
             values = values.fillna(self.means_[col]).to_numpy(float)
-            parts.append(((values - self.means_[col]) / self.stds_[col])[:, None])
+            standardised = (values - self.means_[col]) / self.stds_[col]
+            if col in self.scale_:
+                standardised = standardised * self.scale_[col]
+            parts.append(standardised[:, None])
         for col in self.categorical:
             vocab = self.vocab_[col]
             index = {v: i for i, v in enumerate(vocab)}
             codes = frame[col].astype(str).map(index).fillna(-1).to_numpy(int)  # unseen → -1
             if self.one_hot:
-                parts.append((codes[:, None] == np.arange(len(vocab))[None, :]).astype(float))
+                block = (codes[:, None] == np.arange(len(vocab))[None, :]).astype(float)
             else:
                 scale = max(len(vocab) - 1, 1)
-                parts.append(np.where(codes < 0, 0.5, codes / scale)[:, None])
+                block = np.where(codes < 0, 0.5, codes / scale)[:, None]
+            if col in self.scale_:
+                block = block * self.scale_[col]
+            parts.append(block)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     def with_statistics(self, stats: dict[str, tuple[float, float]]) -> TabularPreprocessor:
@@ -308,6 +319,14 @@ class TabularPreprocessor:
             self, clip_={**self.clip_, **{c: (lo, hi) for c, (lo, hi) in bounds.items()}}
         )
 
+    def with_scale(self, scales: Mapping[str, float]) -> TabularPreprocessor:
+        """A copy that multiplies the features of each column in ``scales`` by its factor (after the
+        standardisation; a categorical column's whole one-hot block, or its ordinal code)."""
+        unknown = sorted(set(scales) - set(self.numeric) - set(self.categorical))
+        if unknown:
+            raise ValueError(f"scale given for unknown column(s) {unknown}.")
+        return dataclasses.replace(self, scale_={**self.scale_, **{c: float(f) for c, f in scales.items()}})
+
     def feature_indices(self, columns: Sequence[str]) -> list[int]:
         wanted = set(columns)
         return [i for i, src in enumerate(self.source_column_) if src in wanted]
@@ -327,6 +346,8 @@ class TabularData:
     y_test: Tensor
     feature_names: list[str]
     sensitive_features: list[int]
+    sensitive_scale: float = 1.0
+    """The public factor every view's sensitive feature columns were multiplied by (``--sensitive_scale``)."""
 
     headline_metric: ClassVar[str] = "aupr"
 
@@ -438,6 +459,7 @@ def prepare_tabular(
     shared_fit: pd.DataFrame | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     zero_out_view: str | None = None,
+    sensitive_scale: float = 1.0,
 ) -> tuple[TabularData, TabularPreprocessor]:
     """Build every view; return the data and the ORIGINAL view's preprocessor (val/test use it too).
 
@@ -456,7 +478,18 @@ def prepare_tabular(
     private term is the difference against; None when there is no zero-out neighbour, e.g. dpsgd,
     whose hybrid rows are private). The hybrid and noise views are public and are not clipped.
     ``original_prep.clip_`` holds the ranges used (for the record).
+
+    ``sensitive_scale`` s (public, ``--sensitive_scale``): every view's sensitive feature columns
+    (original, hybrid and noise training views, val, test) are multiplied by s after standardising,
+    one-hot blocks of categorical sensitive columns included (their 1s become s); the noise view's
+    draws are N(0, s²). Public columns are unchanged. The same public factor in every view keeps the
+    views' relations: a zero-out neighbour's original view still equals its public view (the
+    clipping ranges, on the raw values, are unchanged; both views are scaled in float64 before the
+    float32 cast, so they stay equal, or one float32 ulp of s·z apart, within the step's absolute
+    SAME_VIEW_TOLERANCE for |s·z| up to about 80), and nothing here reads original values to choose s.
     """
+    if not (math.isfinite(sensitive_scale) and sensitive_scale > 0):
+        raise ValueError(f"--sensitive_scale must be finite and > 0, got {sensitive_scale!r}.")
     columns = [*public, *sensitive]
     numeric = [c for c in columns if c not in set(categorical)]
     numeric_sensitive = [c for c in sensitive if c not in set(categorical)]
@@ -465,6 +498,8 @@ def prepare_tabular(
         raise ValueError(f"original_stats lacks numeric sensitive column(s) {missing}.")
     base = TabularPreprocessor(numeric=numeric, categorical=list(categorical), one_hot=one_hot)
     base.fit((hybrid if shared_fit is None else shared_fit)[columns])
+    if sensitive_scale != 1.0:
+        base = base.with_scale({c: sensitive_scale for c in sensitive})
     hybrid_prep = base.with_statistics(column_statistics(hybrid, numeric_sensitive))
     original_prep = base.with_statistics({c: original_stats[c] for c in numeric_sensitive})
     if zero_out_view not in (None, "hybrid", "noise"):
@@ -480,7 +515,8 @@ def prepare_tabular(
     x_hybrid = tensor(hybrid, hybrid_prep)
     x_noise = x_hybrid.clone()
     generator = torch.Generator().manual_seed(noise_seed)
-    x_noise[:, sensitive_features] = torch.randn(len(x_noise), len(sensitive_features), generator=generator)
+    draws = torch.randn(len(x_noise), len(sensitive_features), generator=generator)
+    x_noise[:, sensitive_features] = draws if sensitive_scale == 1.0 else draws * sensitive_scale
     if bounds is not None:
         check_bounds(bounds, numeric_sensitive)
         matched = None
@@ -492,7 +528,8 @@ def prepare_tabular(
             for col in numeric_sensitive:
                 (j,) = base.feature_indices([col])
                 mean, std = original_stats[col]
-                matched[col] = mean + std * x_noise[:, j].double().numpy()
+                z = x_noise[:, j].double().numpy()  # s·N(0,1): the raw value mean + std·z/s gives it
+                matched[col] = mean + std * (z if sensitive_scale == 1.0 else z / sensitive_scale)
         original_prep = original_prep.with_clipping(
             original_clip_bounds({c: bounds[c] for c in numeric_sensitive}, zero_out_values_of=matched)
         )
@@ -507,6 +544,7 @@ def prepare_tabular(
         y_test=labels(test),
         feature_names=base.feature_names_,
         sensitive_features=sensitive_features,
+        sensitive_scale=float(sensitive_scale),
     )
     return data, original_prep
 

@@ -192,6 +192,7 @@ def run_tabular(
         shared_fit=shared_fit,
         bounds=bounds,
         zero_out_view=zero_out_view,
+        sensitive_scale=config.sensitive_scale_used,
     )
     clipping = {
         "original_values_clipped_to_bounds": {c: list(r) for c, r in original_prep.clip_.items()},
@@ -206,6 +207,12 @@ def run_tabular(
             + ", before standardising; the public views are not clipped"
         ),
     }
+    if config.sensitive_scale is not None:
+        clipping["sensitive_scale_rule"] = (
+            f"sensitive columns' standardised values, and the one-hot (or ordinal) blocks of categorical "
+            f"sensitive columns, multiplied by {config.sensitive_scale_used} in every view (original, "
+            "hybrid, noise; training, val, test); public columns unchanged"
+        )
     notes = binary_zero_out_notes(config.mode, plan, frames["train_imputed"], binary=binary)
     categorical_sensitive = [c for c in sensitive if c in set(categorical)]
     if mode.public_view == NOISE and categorical_sensitive:
