@@ -72,6 +72,7 @@ from fusiondp.experiment.launch import (
     Run,
     SubmititTask,
     add_launcher_args,
+    parse_with_passthrough,
     sbatch_script,
     submitit_folder,
 )
@@ -251,14 +252,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the sweep's flags; everything after ``--`` goes to the train script untouched."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
-    args = get_args_parser().parse_args(argv)
-    args.extra = [*args.extra, *extra]
-    return args
+    return parse_with_passthrough(get_args_parser(), argv)
 
 
 def check_args(args: argparse.Namespace) -> None:

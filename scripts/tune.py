@@ -51,7 +51,14 @@ except ModuleNotFoundError:  # run by an interpreter without the package: say so
 import numpy as np
 
 from fusiondp.datasets import DATASETS, dataset_module, train_script_name
-from fusiondp.experiment.launch import LAUNCHERS, Outcome, Progress, Run, add_launcher_args
+from fusiondp.experiment.launch import (
+    LAUNCHERS,
+    Outcome,
+    Progress,
+    Run,
+    add_launcher_args,
+    parse_with_passthrough,
+)
 from fusiondp.experiment.results import load_records
 from fusiondp.experiment.search import as_argv, check_space, search_space, suggest
 from fusiondp.mechanism.tuning import DISTRIBUTIONS, TUNING_PROTOCOLS, TrialCount
@@ -90,14 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
-    args = get_args_parser().parse_args(argv)
-    args.extra = [*args.extra, *extra]
-    return args
+    """The study's flags; everything after ``--`` goes to every run of the train script."""
+    return parse_with_passthrough(get_args_parser(), argv)
 
 
 def train_flags(script: Path) -> set[str]:

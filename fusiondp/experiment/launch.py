@@ -453,3 +453,18 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     ray_group.add_argument("--cpus_per_run", type=int, default=1)
     ray_group.add_argument("--gpus_per_run", type=float, default=0)
     return how
+
+
+def parse_with_passthrough(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse a launching script's flags; everything after ``--`` goes to the train script untouched
+    (``args.extra``, after any positional extras)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = parser.parse_args(argv)
+    args.extra = [*args.extra, *extra]
+    return args
