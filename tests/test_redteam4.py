@@ -36,9 +36,31 @@ SEPSIS_Q, SEPSIS_T = 128 / 13781, 1400  # about the sepsis reference setting
 
 def _honest_args(tune, tmp_path: Path, *extra: str):
     return tune.parse_args(
-        ["--dataset", "sepsis", "--modes", "dpsgd", "--epsilon", f"{EPSILON:g}", "--protocol", "honest",
-         "--mean_trials", "4", "--study_seed", "3", "--seeds", "1", "2", "3", "--results",
-         str(tmp_path / "study"), *extra, "--", "--accountant", "rdp", "--secure_rng"]  # fmt: skip
+        [
+            "--dataset",
+            "sepsis",
+            "--modes",
+            "dpsgd",
+            "--epsilon",
+            f"{EPSILON:g}",
+            "--protocol",
+            "honest",
+            "--mean_trials",
+            "4",
+            "--study_seed",
+            "3",
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--results",
+            str(tmp_path / "study"),
+            *extra,
+            "--",
+            "--accountant",
+            "rdp",
+            "--secure_rng",
+        ]
     )
 
 
@@ -130,8 +152,14 @@ def test_the_honest_number_of_trials_is_neither_published_nor_recomputable(monke
     summary, _, _, _ = _fake_study(tune, monkeypatch, tmp_path)
     published = "trials" in summary["_study"] or "trials" in summary["dpsgd"]
     report = load_script("scripts.privacy_report").tuning_lines(
-        {"tuning_protocol": "honest", "tuning_study": "s/trial0", "cost_of_tuning": "counted",
-         "epsilon_per_run_rdp": 1.1, "epsilon_with_tuning": 2.0, "delta": DELTA}  # fmt: skip
+        {
+            "tuning_protocol": "honest",
+            "tuning_study": "s/trial0",
+            "cost_of_tuning": "counted",
+            "epsilon_per_run_rdp": 1.1,
+            "epsilon_with_tuning": 2.0,
+            "delta": DELTA,
+        }
     )
     declared_public = any(re.search(r"number of trials K", line) for line in report)
     assert not (recomputable or published or declared_public), (
