@@ -265,7 +265,9 @@ def tuning_lines(record: dict) -> list[str]:
         f"Tuning: a trial of study {study}, honest protocol: {record.get('cost_of_tuning')}. Per run "
         f"ε = {record['epsilon_per_run_rdp']:.3f} (RDP); releasing the best trial of the study costs "
         f"ε = {record['epsilon_with_tuning']:.3f} in total at δ = {record['delta']:g}, tuning included. "
-        "Public for the selection: the validation rows (evaluation data) and the number of trials K.",
+        "The validation rows the winner is chosen on are evaluation data (declared public). K stays "
+        "unobserved in a study whose trials run with --secure_rng (drawn from OS entropy, published nowhere); "
+        "a seeded study is an experiment whose K follows its seed. Only the winning trial is covered.",
     ]
 
 

@@ -35,6 +35,7 @@ import argparse
 import importlib.util
 import json
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -140,12 +141,42 @@ def check_args(args: argparse.Namespace, known: set[str]) -> None:
             raise SystemExit(f"{mode}: {err}") from None
 
 
+def secure_study(args: argparse.Namespace) -> bool:
+    """A study whose trials run with ``--secure_rng`` draws its K and its candidates from OS entropy too."""
+    return "--secure_rng" in args.extra
+
+
 def number_of_trials(args: argparse.Namespace) -> int:
-    """K: fixed (idealised), or drawn from the study seed (honest: the same seed draws the same K)."""
+    """K: fixed (idealised), or drawn (honest): from OS entropy in a secure study (the bound needs K
+    random AND unobserved; it is kept in the study's private journal only, for resumption), else from
+    the study seed (an experiment: the same seed draws the same K)."""
     if args.protocol == "idealised":
         return args.trials
     trials = TrialCount(args.trials_distribution, mean=args.mean_trials, eta=args.eta)
-    return trials.draw(np.random.default_rng([args.study_seed, 0x7E57]))
+    seed = secrets.randbits(128) if secure_study(args) else [args.study_seed, 0x7E57]
+    return trials.draw(np.random.default_rng(seed))
+
+
+def drawn_trials(args: argparse.Namespace) -> int | None:
+    """K of a study started before (read back from its journal), or None for a new study."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = study_folder(args) / "optuna.journal"
+    if not journal.exists():
+        return None
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    names = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    found = {
+        names[study_name(args, m)].user_attrs.get("trials")
+        for m in args.modes
+        if study_name(args, m) in names
+    }
+    found.discard(None)
+    if len(found) > 1:
+        raise SystemExit(f"the studies in {journal} were drawn with different K: start a new results folder")
+    return found.pop() if found else None
 
 
 def study_folder(args: argparse.Namespace) -> Path:
@@ -168,7 +199,8 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(study_folder(args) / "optuna.journal")))
     name = study_name(args, mode)
-    sampler = optuna.samplers.RandomSampler(seed=args.study_seed)
+    seed = secrets.randbits(32) if secure_study(args) else args.study_seed
+    sampler = optuna.samplers.RandomSampler(seed=seed)
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
     )
@@ -253,10 +285,15 @@ def main(args: argparse.Namespace) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     args.logs = str(Path(args.logs) if args.logs else results / "logs")
     args.poll = args.poll if args.poll is not None else 0.5
-    k = number_of_trials(args)
+    k = drawn_trials(args) or number_of_trials(args)
     metric = args.select.replace("val_", "test_", 1)
-    print(f"{args.protocol} protocol, K = {k} trial(s) per mode (study seed {args.study_seed}), "
-          f"winner by {args.select}, results in {results}", file=sys.stderr)  # fmt: skip
+    hidden = args.protocol == "honest" and secure_study(args)
+    shown = "K secret (OS entropy)" if hidden else f"K = {k} (study seed {args.study_seed})"
+    print(f"{args.protocol} protocol, {shown} trial(s) per mode, winner by {args.select}, results in {results}",
+          file=sys.stderr)  # fmt: skip
+    if args.protocol == "honest" and len(args.seeds) > 1:
+        print("honest protocol: the release is the winning trial itself; --seeds beyond the first are not run "
+              "(each rerun would be another private release outside the tuned total)", file=sys.stderr)  # fmt: skip
     started = time.time()
     studies = {mode: open_study(args, mode, k) for mode in args.modes}
 
@@ -297,8 +334,9 @@ def main(args: argparse.Namespace) -> dict:
             continue
         best = max(done, key=lambda t: (t.value, -t.number))
         flags = candidate_flags(best, list(study.user_attrs["space"]))
-        # The winning trial already ran with the first seed; the others run as "final".
-        finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]
+        # The winning trial already ran with the first seed; the others run as "final" (idealised only).
+        if args.protocol == "idealised":
+            finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]
         summary[mode] = {
             "best_trial": best.number,
             "best_params": best.params,
@@ -317,45 +355,70 @@ def main(args: argparse.Namespace) -> dict:
         first = (final or trial_records or [{}])[0]
         summary[mode] |= {
             "protocol": args.protocol,
-            "trials": k,
             "epsilon": args.epsilon,
             "epsilon_with_tuning": first.get("epsilon_with_tuning"),
             "epsilon_per_run": first.get("epsilon_spent"),
             "cost_of_tuning": first.get("cost_of_tuning"),
             f"final_{metric}": summarise([r[metric] for r in final]),
-            f"trials_{metric}": summarise([r[metric] for r in trial_records]),
         }
-    summary["_study"] = {"dataset": args.dataset, "protocol": args.protocol, "trials": k,
-                         "study_seed": args.study_seed, "select": args.select, "seeds": args.seeds,
+        if args.protocol == "idealised":  # the honest release is the winner alone: nothing of the others
+            summary[mode] |= {"trials": k, f"trials_{metric}": summarise([r[metric] for r in trial_records])}
+    summary["_study"] = {"dataset": args.dataset, "protocol": args.protocol, "secure": secure_study(args),
+                         "study_seed": None if secure_study(args) else args.study_seed,
+                         "select": args.select, "seeds": args.seeds if args.protocol == "idealised" else args.seeds[:1],
                          "extra": args.extra, "minutes_this_start": (time.time() - started) / 60,
                          "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
+    if not hidden:
+        summary["_study"]["trials"] = k
     (study_folder(args) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(table(summary, metric))
     return summary
 
 
 def table(summary: dict, metric: str) -> str:
+    """The study's Markdown table: per mode the winner's test metric; idealised studies add the
+    spread over all trials, honest ones publish the released winner alone."""
     study = summary["_study"]
-    cost = "cost of tuning not counted" if study["protocol"] == "idealised" else "cost of tuning counted"
-    lines = [
-        f"{study['dataset']}, {study['protocol']} protocol ({cost}), K = {study['trials']}, winner by {study['select']}",
-        "",
-        f"| mode | ε (per run) | ε with tuning | winner: {metric} (mean ± std, n) | all trials: median [IQR] |",
-        "|---|---|---|---|---|",
-    ]
+    honest = study["protocol"] == "honest"
+    k = study.get("trials", "secret")
+    if honest:
+        head = (
+            f"{study['dataset']}, honest protocol (cost of tuning counted), K {k}, winner by {study['select']}; "
+            "each mode's study is its own release on the same rows: releasing several modes' winners composes "
+            "their totals"
+            + (
+                ""
+                if study["secure"]
+                else "; EXPERIMENT MODE: K and the candidates follow the recorded study "
+                "seed, so the total is what a --secure_rng study spends, not a guarantee of these runs"
+            )
+        )
+        lines = [
+            head,
+            "",
+            f"| mode | ε per run | ε with tuning | released winner: {metric} |",
+            "|---|---|---|---|",
+        ]
+    else:
+        lines = [
+            f"{study['dataset']}, idealised protocol (cost of tuning not counted), K = {k}, winner by {study['select']}",
+            "",
+            f"| mode | ε (per run) | winner: {metric} (mean ± std, n) | all trials: median [IQR] |",
+            "|---|---|---|---|",
+        ]
     for mode, row in summary.items():
         if mode.startswith("_"):
             continue
-        final, trials = row[f"final_{metric}"], row[f"trials_{metric}"]
-        with_tuning = row["epsilon_with_tuning"]
+        final = row[f"final_{metric}"]
+        per_run = "-" if row["epsilon_per_run"] is None else f"{row['epsilon_per_run']:.3g}"
+        if honest:
+            total = "-" if row["epsilon_with_tuning"] is None else f"{row['epsilon_with_tuning']:.3g}"
+            lines.append(f"| {mode} | {per_run} | {total} | {final['mean']:.4f} |")
+            continue
+        trials = row[f"trials_{metric}"]
         cell = f"{final['mean']:.4f} ± {final['std']:.4f} ({final['n']})" if final["n"] else "-"
         spread = f"{trials['median']:.4f} [{trials['q1']:.4f}, {trials['q3']:.4f}]" if trials["n"] else "-"
-        per_run = row["epsilon_per_run"]
-        lines.append(
-            f"| {mode} | {per_run:.3g} | {'-' if with_tuning is None else f'{with_tuning:.3g}'} | {cell} | {spread} |"
-            if per_run is not None
-            else f"| {mode} | - | - | {cell} | {spread} |"
-        )
+        lines.append(f"| {mode} | {per_run} | {cell} | {spread} |")
     return "\n".join(lines)
 
 

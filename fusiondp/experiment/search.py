@@ -92,7 +92,8 @@ def check_space(
                 raise ValueError(
                     f"search space entry {name!r}: a choice needs a non-empty list, got {spec!r}."
                 )
-            flags = {f for v in spec[1] for f in _bundle(v)} or set(name.split(","))
+            # A bundle sets its own flags; a plain value sets the entry's name (a mixed choice, both).
+            flags = {f for v in spec[1] for f in (_bundle(v) or dict.fromkeys(name.split(",")))}
         else:
             if len(spec) != 3 or not (
                 math.isfinite(spec[1]) and math.isfinite(spec[2]) and spec[1] < spec[2]
