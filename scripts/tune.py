@@ -61,7 +61,7 @@ from fusiondp.experiment.launch import (
     parse_with_passthrough,
 )
 from fusiondp.experiment.results import load_records
-from fusiondp.experiment.search import as_argv, check_space, search_space, suggest
+from fusiondp.experiment.search import as_argv, candidate_flags, check_space, search_space, suggest
 from fusiondp.mechanism.tuning import DISTRIBUTIONS, TUNING_PROTOCOLS, TrialCount
 
 REPO = Path(__file__).resolve().parent.parent
@@ -219,15 +219,9 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
     return study
 
 
-def candidate_flags(trial, space_keys) -> list[str]:
-    """The stored candidate of a trial as train-script flags (bundles expanded)."""
-    from fusiondp.experiment.search import _bundle
-
-    flags: dict[str, str] = {}
-    for name in space_keys:
-        value = trial.params[name]
-        flags |= _bundle(value) or {name: repr(value) if isinstance(value, float) else str(value)}
-    return as_argv(flags)
+def trial_flags(trial, space_keys) -> list[str]:
+    """The stored candidate of a trial as train-script flags, in the space's order."""
+    return as_argv(candidate_flags({name: trial.params[name] for name in space_keys}))
 
 
 def run_for(args: argparse.Namespace, script: Path, mode: str, tag: str, flags: list[str], seed: int) -> Run:
@@ -309,7 +303,7 @@ def main(args: argparse.Namespace) -> dict:
                         script,
                         mode,
                         f"trial{trial.number}",
-                        candidate_flags(trial, keys),
+                        trial_flags(trial, keys),
                         args.seeds[0],
                     )
                 )
@@ -333,7 +327,7 @@ def main(args: argparse.Namespace) -> dict:
                   file=sys.stderr)  # fmt: skip
             continue
         best = max(done, key=lambda t: (t.value, -t.number))
-        flags = candidate_flags(best, list(study.user_attrs["space"]))
+        flags = trial_flags(best, list(study.user_attrs["space"]))
         # The winning trial already ran with the first seed; the others run as "final" (idealised only).
         if args.protocol == "idealised":
             finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]

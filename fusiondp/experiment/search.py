@@ -130,11 +130,16 @@ def suggest(trial: Any, space: Mapping[str, tuple]) -> dict[str, str]:
             value = trial.suggest_int(name, spec[1], spec[2])
         else:
             value = trial.suggest_categorical(name, list(spec[1]))
-        bundle = _bundle(value)
-        if bundle:
-            flags |= bundle
-        else:
-            flags[name] = repr(value) if isinstance(value, float) else str(value)
+        flags[name] = value
+    return candidate_flags(flags)
+
+
+def candidate_flags(params: Mapping[str, Any]) -> dict[str, str]:
+    """A candidate's drawn values (by space entry, as Optuna stores them) as train-script flags, bundles
+    expanded: what :func:`suggest` returns, and what a resumed study rebuilds from a stored trial."""
+    flags: dict[str, str] = {}
+    for name, value in params.items():
+        flags |= _bundle(value) or {name: repr(value) if isinstance(value, float) else str(value)}
     return flags
 
 
