@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -116,6 +117,12 @@ def test_the_readme_recipe_adds_a_dataset_that_imputes_trains_sweeps_and_tabulat
         line for line in files["train_fusiondp_mydata.py"].split('"""', 2)[2].splitlines() if line.strip()
     ]
     assert len(train_lines) <= 20, "the recipe's train script should stay a few lines"
+    for path, text in files.items():  # what a reader copies passes the project's own lint
+        copy = tmp_path / Path(path).name
+        copy.write_text(text)
+        lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "E,F,W,I", str(copy)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert lint.returncode == 0, (path, lint.stdout)
     name = f"recipe{os.getpid()}"  # a throwaway name, removed afterwards
     written = [REPO / path.replace("mydata", name) for path in files]
     assert not any(p.exists() for p in written)
