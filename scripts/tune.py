@@ -110,6 +110,18 @@ def train_flags(script: Path) -> set[str]:
     return {action.dest for action in module.get_args_parser()._actions}
 
 
+def passed_value(extra: list[str], flag: str, *, default: str) -> str:
+    """The value the train script will parse for ``flag`` from the flags after ``--`` (the last one
+    wins, ``--flag value`` or ``--flag=value``); ``default`` when it is not given."""
+    value = default
+    for i, token in enumerate(extra):
+        if token == flag and i + 1 < len(extra):
+            value = extra[i + 1]
+        elif token.startswith(flag + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
 def check_args(args: argparse.Namespace, known: set[str]) -> None:
     """Bad input ends in one line that names the flag and the value."""
     if not args.select.startswith("val_"):
@@ -123,8 +135,7 @@ def check_args(args: argparse.Namespace, known: set[str]) -> None:
             TrialCount(args.trials_distribution, mean=args.mean_trials, eta=args.eta)
         except ValueError as err:
             raise SystemExit(f"--mean_trials/--eta: {err}") from None
-        extra = dict(zip(args.extra[::2], args.extra[1::2], strict=False))
-        if extra.get("--accountant", "pld") != "rdp":
+        if passed_value(args.extra, "--accountant", default="pld") != "rdp":
             raise SystemExit(
                 "--protocol honest needs the RDP accountant (pass -- --accountant rdp): the cost of tuning, "
                 "dp-accounting's RepeatAndSelectDpEvent, is computed by it only; PLD cannot."

@@ -134,6 +134,19 @@ def test_a_killed_study_resumes_without_losing_or_repeating_a_trial(tmp_path, se
     assert kept == fresh
 
 
+@pytest.mark.parametrize(
+    "extra,value",
+    [
+        ([], "pld"),
+        (["--one_hot", "--accountant", "rdp"], "rdp"),
+        (["--accountant=rdp"], "rdp"),
+        (["--accountant", "rdp", "--accountant", "prv"], "prv"),
+    ],
+)
+def test_the_accountant_a_trial_will_use_is_read_as_its_parser_would(extra, value):
+    assert load_script("scripts.tune").passed_value(extra, "--accountant", default="pld") == value
+
+
 def test_honest_k_is_drawn_from_the_study_seed():
     tune = load_script("scripts.tune")
     args = tune.parse_args(
