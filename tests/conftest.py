@@ -69,6 +69,27 @@ def make_sepsis_frames(n_train: int = 240, n_eval: int = 80, seed: int = 0) -> d
     return frames
 
 
+def prepare_sepsis_views(frames: dict[str, pd.DataFrame], *, stats_from: str = "support", **options):
+    """The tensors of sepsis-shaped frames (``original``, ``hybrid``, ``val``, ``test``): the original
+    view scaled with the true values of ``frames[stats_from]`` (a public stand-in: the support set, or
+    the val rows), ``options`` passed on to ``prepare_tabular``; returns what it returns."""
+    from fusiondp.mechanism.scaling import column_statistics
+    from fusiondp.tabular.data import prepare_tabular
+
+    return prepare_tabular(
+        frames["original"],
+        frames["hybrid"],
+        frames["val"],
+        frames["test"],
+        sensitive=sepsis.SENSITIVE,
+        public=sepsis.PUBLIC,
+        label=sepsis.LABEL,
+        noise_seed=options.pop("noise_seed", 0),
+        original_stats=column_statistics(frames[stats_from], sepsis.SENSITIVE),
+        **options,
+    )
+
+
 def write_sepsis_dir(folder: Path, frames: dict[str, pd.DataFrame]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     views = {"train": "original", "train_imputed": "hybrid"}  # the frames here name the views

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
+from conftest import load_script, make_sepsis_frames, prepare_sepsis_views, sepsis_args, write_sepsis_dir
 
 import fusiondp.tabular.runner
 from fusiondp.datasets import DATASETS, adult, bank, dataset_module, sepsis
@@ -27,8 +27,6 @@ from fusiondp.experiment.groups import (
 )
 from fusiondp.experiment.metrics import binary_metrics, evaluate_binary
 from fusiondp.experiment.results import load_records
-from fusiondp.mechanism.scaling import column_statistics
-from fusiondp.tabular.data import prepare_tabular
 
 sepsis_script = load_script("train_fusiondp_sepsis")
 adult_script = load_script("train_fusiondp_adult")
@@ -173,17 +171,7 @@ def test_gap_is_largest_minus_smallest_overall_and_per_family():
 
 
 def _sepsis_data(frames):
-    return prepare_tabular(
-        frames["original"],
-        frames["hybrid"],
-        frames["val"],
-        frames["test"],
-        sensitive=sepsis.SENSITIVE,
-        public=sepsis.PUBLIC,
-        label=sepsis.LABEL,
-        noise_seed=0,
-        original_stats=column_statistics(frames["support"], sepsis.SENSITIVE),
-    )[0]
+    return prepare_sepsis_views(frames)[0]
 
 
 def test_final_group_evaluation_equals_evaluating_the_model_on_each_subset():

@@ -4,7 +4,7 @@ supposed to be public, bit for bit."""
 import numpy as np
 import pytest
 import torch
-from conftest import load_script, sepsis_args, write_sepsis_dir
+from conftest import load_script, prepare_sepsis_views, sepsis_args, write_sepsis_dir
 
 from fusiondp.datasets import sepsis
 from fusiondp.experiment.loop import train
@@ -12,7 +12,7 @@ from fusiondp.mechanism.modes import get_mode
 from fusiondp.mechanism.scaling import column_statistics
 from fusiondp.mechanism.step import StepConfig
 from fusiondp.models import binary_bce
-from fusiondp.tabular.data import prepare_tabular, zero_out_values
+from fusiondp.tabular.data import zero_out_values
 
 sepsis_script = load_script("train_fusiondp_sepsis")
 
@@ -35,17 +35,7 @@ def _support_stats(frames):
 
 
 def _prepare(frames):
-    return prepare_tabular(
-        frames["original"],
-        frames["hybrid"],
-        frames["val"],
-        frames["test"],
-        sensitive=sepsis.SENSITIVE,
-        public=sepsis.PUBLIC,
-        label=sepsis.LABEL,
-        noise_seed=0,
-        original_stats=_support_stats(frames),
-    )[0]
+    return prepare_sepsis_views(frames, stats_from="val")[0]
 
 
 def test_preprocessing_is_fitted_without_original_sensitive_values(sepsis_frames):

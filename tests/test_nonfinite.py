@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import load_script, make_sepsis_frames, sepsis_args, write_sepsis_dir
+from conftest import load_script, make_sepsis_frames, prepare_sepsis_views, sepsis_args, write_sepsis_dir
 
 from fusiondp.datasets import sepsis
 from fusiondp.mechanism.scaling import column_statistics
@@ -30,7 +30,7 @@ from fusiondp.mechanism.step import (
     trainable_params,
 )
 from fusiondp.models import CAML, MLP, binary_bce, multilabel_bce
-from fusiondp.tabular.data import TabularPreprocessor, prepare_tabular, zero_out_values
+from fusiondp.tabular.data import TabularPreprocessor, zero_out_values
 
 BAD_VALUES = [math.inf, -math.inf, math.nan, 1e30]
 METHODS = ["bookkeeping", "vmap"]
@@ -214,18 +214,7 @@ def _support_stats(frames):
 
 
 def _prepare(frames, **kw):
-    return prepare_tabular(
-        frames["original"],
-        frames["hybrid"],
-        frames["val"],
-        frames["test"],
-        sensitive=sepsis.SENSITIVE,
-        public=sepsis.PUBLIC,
-        label=sepsis.LABEL,
-        noise_seed=0,
-        original_stats=_support_stats(frames),
-        **kw,
-    )
+    return prepare_sepsis_views(frames, **kw)
 
 
 @pytest.mark.parametrize("view", ["hybrid", "noise"])

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import load_script, sepsis_args, write_sepsis_dir
+from conftest import load_script, prepare_sepsis_views, sepsis_args, write_sepsis_dir
 from test_invariance import _scrambled, _support_stats
 from test_step import _batch, _loop_private_sum, _model
 
@@ -469,18 +469,11 @@ def test_data_without_a_scale_refuses_the_flag():
 
 
 def _prepare(frames, *, scale=1.0, zero_out_view=None, categorical=(), one_hot=True):
-    return prepare_tabular(
-        frames["original"],
-        frames["hybrid"],
-        frames["val"],
-        frames["test"],
-        sensitive=sepsis.SENSITIVE,
-        public=sepsis.PUBLIC,
-        label=sepsis.LABEL,
+    return prepare_sepsis_views(
+        frames,
+        stats_from="val",
         categorical=categorical,
         one_hot=one_hot,
-        noise_seed=0,
-        original_stats=_support_stats(frames),
         bounds=sepsis.BOUNDS,
         zero_out_view=zero_out_view,
         sensitive_scale=scale,
