@@ -294,6 +294,14 @@ def report(record: dict) -> str:
             f"Mechanism: σ = {record['sigma']:.4f}, q = b/N = {record['sample_rate']:.5f}, T = {record['steps']} "
             f"steps, clip C = {record.get('max_grad_norm')}.",
         ]
+    pre = record.get("public_pretraining")
+    if pre:
+        lines.append(
+            f"Public pretraining: {pre['epochs']:g} epoch(s) ({pre['steps']} steps, lr {pre['lr']:g}) of plain SGD "
+            f"on the {pre['view']} rows before the DP steps, without noise: it reads every row's public "
+            "columns, imputed sensitive values and label, never an original sensitive value, so the "
+            "feature-level guarantee above covers it and no sample-level guarantee holds."
+        )
     lines += tuning_lines(record)
     holds, outside = guarantee_status(record)
     lines.append(

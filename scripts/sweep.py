@@ -228,7 +228,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--dataset", choices=sorted(DATASETS), default=None, help="runs train_fusiondp_<dataset>.py"
     )
     what.add_argument("--script", default=None, help="another train script (instead of --dataset)")
-    what.add_argument("--modes", nargs="+", default=ALL_MODES, help="default: all nine")
+    what.add_argument(
+        "--modes",
+        nargs="+",
+        default=ALL_MODES,
+        help="default: the nine modes of the paper (not pretrain_dpsgd)",
+    )
     what.add_argument("--epsilons", nargs="+", default=["0.5", "1", "2", "4"])
     what.add_argument("--alphas", nargs="+", default=None, help="default: the script's --alpha")
     what.add_argument("--betas", nargs="+", default=None, help="default: the script's --beta")

@@ -62,10 +62,12 @@ from fusiondp.experiment.launch import (
 )
 from fusiondp.experiment.results import load_records
 from fusiondp.experiment.search import as_argv, candidate_flags, check_space, search_space, suggest
+from fusiondp.mechanism.accounting import REPLACE_ONE
+from fusiondp.mechanism.modes import get_mode
 from fusiondp.mechanism.tuning import DISTRIBUTIONS, TUNING_PROTOCOLS, TrialCount
 
 REPO = Path(__file__).resolve().parent.parent
-TUNED_MODES = ["dpsgd", "naive_fusion", "feature-dp", "calibrated_fusion", "fusiondp"]
+TUNED_MODES = ["dpsgd", "naive_fusion", "pretrain_dpsgd", "feature-dp", "calibrated_fusion", "fusiondp"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -83,6 +85,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--eta", type=float, default=0.5, help="honest, truncated negative binomial: eta")
     what.add_argument("--study_seed", type=int, default=0, help="draws K and the candidates")
     what.add_argument("--select", default="val_aupr", help="the validation metric the winner maximises")
+    what.add_argument(
+        "--pretraining",
+        action="store_true",
+        help="add public pretraining (--pretrain_epochs, --pretrain_lr: a warm start on the hybrid rows) to "
+        "the space of every mode (feature-level DP modes only; pretrain_dpsgd always has it)",
+    )
     what.add_argument(
         "--seeds", nargs="+", type=int, default=[1, 2, 3], help="trials use the first; the winner all"
     )
@@ -146,10 +154,21 @@ def check_args(args: argparse.Namespace, known: set[str]) -> None:
         raise SystemExit(f"flags after -- must not set what the study sets ({sorted(owned)}); got {clash}")
     for mode in args.modes:
         try:
-            check_space(search_space(dataset_module(args.dataset), mode, protocol=args.protocol),
-                        known_flags=known, protocol=args.protocol)  # fmt: skip
+            check_space(space_of(args, mode), known_flags=known, protocol=args.protocol)
         except ValueError as err:
             raise SystemExit(f"{mode}: {err}") from None
+        if args.protocol == "honest" and get_mode(mode).relation == REPLACE_ONE:
+            raise SystemExit(
+                f"--protocol honest: mode {mode!r} is calibrated for replace-one, which the RDP accountant "
+                "does not analyse; tune it under --protocol idealised."
+            )
+
+
+def space_of(args: argparse.Namespace, mode: str) -> dict:
+    """The search space of ``mode`` in this study."""
+    return search_space(
+        dataset_module(args.dataset), mode, protocol=args.protocol, pretraining=args.pretraining
+    )
 
 
 def secure_study(args: argparse.Namespace) -> bool:
@@ -198,7 +217,8 @@ def study_folder(args: argparse.Namespace) -> Path:
 
 
 def study_name(args: argparse.Namespace, mode: str) -> str:
-    return f"{args.dataset}-{mode}-eps{args.epsilon:g}-{args.protocol}-seed{args.study_seed}"
+    warm = "-pretrained" if args.pretraining and not get_mode(mode).pretrains else ""
+    return f"{args.dataset}-{mode}{warm}-eps{args.epsilon:g}-{args.protocol}-seed{args.study_seed}"
 
 
 def open_study(args: argparse.Namespace, mode: str, k: int):
@@ -221,7 +241,7 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
                 f"study {name} in {args.results} was drawn with K={study.user_attrs['trials']}, not {k}"
             )
         return study
-    space = search_space(dataset_module(args.dataset), mode, protocol=args.protocol)
+    space = space_of(args, mode)
     for _ in range(k):
         suggest(study.ask(), space)
     study.set_user_attr("trials", k)
@@ -318,6 +338,11 @@ def main(args: argparse.Namespace) -> dict:
                         args.seeds[0],
                     )
                 )
+    if args.dry_run:  # the candidates are drawn and stored (a later start runs exactly these); nothing runs
+        for run in pending:
+            print(shlex.join([Path(sys.executable).name, run.script, *run.flags]))
+        print(f"dry run: {len(pending)} trial(s) to run, none started", file=sys.stderr)
+        return {}
     launch(args, pending)
     found = records_by_study(args.results)
     for study in studies.values():

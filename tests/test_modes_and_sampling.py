@@ -15,6 +15,7 @@ def test_mode_table_matches_the_design():
         "sgd_pub": (NOISE, None, None, False, (1.0, 0.0), None),
         "dpsgd": (None, None, "full", False, (0.0, 1.0), "add/remove"),
         "naive_fusion": (None, HYBRID, "full", False, (0.75, 0.25), "replace-one"),
+        "pretrain_dpsgd": (None, None, "full", False, (0.0, 1.0), "replace-one"),
         "naive_fusion_pub": (None, NOISE, "full", False, (0.75, 0.25), "replace-one"),
         "feature-dp": (None, NOISE, "difference", False, (1.0, 3.0), "zero-out"),
         "calibrated_fusion": (None, HYBRID, "difference", False, (1.0, 3.0), "zero-out"),
@@ -33,6 +34,7 @@ def test_mode_table_matches_the_design():
         )
         assert got == (sgd_view, public_view, private_loss, reg, weights, relation), name
         assert m.regularizer_weight(beta=0.25) == (0.25 if reg else 0.0)
+        assert m.pretrains == (name == "pretrain_dpsgd")  # the one mode that always pretrains on hybrid rows
 
 
 def test_poisson_sampling_rate_and_independence():

@@ -100,6 +100,20 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
         "DP-SGD hyperparameter (Sun, Suresh & Menon, ICLR 2024). Notes runs refuse it (default: 1)",
     )
 
+    g.add_argument(
+        "--pretrain_epochs",
+        type=float,
+        default=None,
+        help="public pretraining: plain SGD on the hybrid rows (public columns, imputed sensitive values, "
+        "labels) for this many epochs before the DP steps, with --batch_size, --optimizer and "
+        "--lr_schedule as sgd_hybrid would use them. Feature-level modes only (the split modes, "
+        "naive_fusion*, pretrain_dpsgd); refused by dpsgd, whose guarantee is sample-level "
+        "(default: --epochs for pretrain_dpsgd, none for the others)",
+    )
+    g.add_argument(
+        "--pretrain_lr", type=float, default=None, help="learning rate of public pretraining (default: --lr)"
+    )
+
     p = parser.add_argument_group("privacy")
     p.add_argument("--epsilon", type=float, default=2.0, help="target epsilon of the DP modes")
     p.add_argument("--delta", type=float, default=1e-5)

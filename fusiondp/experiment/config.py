@@ -28,7 +28,8 @@ from fusiondp.mechanism.tuning import TrialCount
 
 OMITTED_WHEN_UNSET = frozenset(
     {"mix_weight", "optimizer", "momentum", "lr_schedule", "sensitive_scale",
-     "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study"}
+     "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study",
+     "pretrain_epochs", "pretrain_lr"}
 )  # fmt: skip
 """Flags added after records existed: left out of the settings while unset, so that a run without them
 has the same settings (and skip-matching) as before the flag existed."""
@@ -88,6 +89,8 @@ class RunConfig:
     momentum: float | None = None
     lr_schedule: str | None = None
     sensitive_scale: float | None = None
+    pretrain_epochs: float | None = None
+    pretrain_lr: float | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
     """The script's own flags, by name (``data_dir``, ``one_hot``, ...), as parsed."""
     order: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -182,6 +185,19 @@ class RunConfig:
         """``--sensitive_scale``, or 1.0 (standardised values as they are) when unset."""
         return 1.0 if self.sensitive_scale is None else self.sensitive_scale
 
+    @property
+    def pretrain_epochs_used(self) -> float:
+        """Epochs of public pretraining: ``--pretrain_epochs``; unset, ``--epochs`` for a mode that
+        always pretrains (pretrain_dpsgd) and none for the others."""
+        if self.pretrain_epochs is not None:
+            return self.pretrain_epochs
+        return self.epochs if get_mode(self.mode).pretrains else 0.0
+
+    @property
+    def pretrain_lr_used(self) -> float:
+        """``--pretrain_lr``, or ``--lr`` when unset."""
+        return self.lr if self.pretrain_lr is None else self.pretrain_lr
+
     def validate(self) -> None:
         """Reject values no run can use, naming the flag and the value."""
         for name in ("epochs", "batch_size", "public_batch_size", "lr", "max_grad_norm"):
@@ -238,6 +254,37 @@ class RunConfig:
             math.isfinite(self.sensitive_scale) and self.sensitive_scale > 0
         ):
             raise ValueError(f"--sensitive_scale must be finite and > 0, got {self.sensitive_scale!r}.")
+        self._validate_pretraining()
+
+    def _validate_pretraining(self) -> None:
+        mode = get_mode(self.mode)
+        if self.pretrain_epochs is not None and not (
+            math.isfinite(self.pretrain_epochs) and self.pretrain_epochs >= 0
+        ):
+            raise ValueError(f"--pretrain_epochs must be >= 0, got {self.pretrain_epochs!r}.")
+        if self.pretrain_lr is not None and not (math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0):
+            raise ValueError(f"--pretrain_lr must be > 0, got {self.pretrain_lr!r}.")
+        if mode.pretrains and self.pretrain_epochs_used <= 0:
+            raise ValueError(
+                f"mode {self.mode!r} is public pretraining then DP-SGD: --pretrain_epochs must be > 0, "
+                f"got {self.pretrain_epochs!r} (for DP-SGD alone use --mode dpsgd)."
+            )
+        given = self.pretrain_epochs or self.pretrain_lr is not None
+        if given and not mode.allows_pretraining:
+            why = (
+                "its guarantee is sample-level (add/remove), and pretraining reads every row's hybrid view "
+                "and label without noise; use --mode pretrain_dpsgd (feature-level, replace-one)"
+                if mode.private
+                else "it is plain SGD on one view already"
+            )
+            raise ValueError(
+                f"--pretrain_epochs/--pretrain_lr (public pretraining) cannot be used with mode {self.mode!r}: "
+                f"{why}."
+            )
+        if self.pretrain_lr is not None and not self.pretrain_epochs_used:
+            raise ValueError(
+                f"--pretrain_lr {self.pretrain_lr!r} is read only with public pretraining: give --pretrain_epochs > 0."
+            )
 
     def _validate_tuning(self) -> None:
         honest_only = {"tuning_trials": self.tuning_trials, "tuning_mean_trials": self.tuning_mean_trials,

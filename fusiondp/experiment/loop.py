@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fusiondp.mechanism.modes import ModeSpec
+from fusiondp.mechanism.modes import ModeSpec, get_mode
 from fusiondp.mechanism.optim import scheduled_lr
 from fusiondp.mechanism.step import LossFn, StepConfig, fusion_step
 
@@ -110,15 +110,18 @@ def train(
     evaluate: Evaluator,
     progress: bool = True,
     noise_seed: int | None = None,
+    sampler: BatchSampler | None = None,
 ) -> tuple[list[dict], float]:
     """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded).
 
+    Batches come from ``sampler`` (default: a new one seeded by ``seed``; a run that pretrains passes
+    the one its pretraining drew from, so the two phases read one stream).
     The DP noise comes from its own generator, seeded by ``noise_seed`` (default ``seed + 1``). One
     optimizer state (``cfg.new_optimizer()``) serves all steps; step t (0-based) runs at
     ``scheduled_lr(cfg.lr, cfg.lr_schedule, step=t, steps=steps)``.
     """
     device = data.y.device
-    sampler = BatchSampler(data.num_rows, seed=seed)
+    sampler = sampler or BatchSampler(data.num_rows, seed=seed)
     noise_generator = torch.Generator(device=device).manual_seed(
         seed + 1 if noise_seed is None else noise_seed
     )
@@ -170,3 +173,45 @@ def train(
             start = time.perf_counter()
     bar.close()
     return log, train_seconds
+
+
+def public_pretraining(
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    cfg: StepConfig,
+    steps: int,
+    epochs: float,
+    batch_size: int,
+    sampler: BatchSampler,
+    loss_fn: LossFn,
+    evaluate: Evaluator,
+    progress: bool = True,
+) -> tuple[list[dict], float]:
+    """Plain SGD on the hybrid rows for ``steps`` steps: exactly the loop of ``sgd_hybrid`` (shuffled
+    batches of ``batch_size`` rows from ``sampler``, ``cfg``'s optimizer, lr and schedule over these
+    steps), so that a run with public pretraining starts from the model sgd_hybrid would train.
+
+    Privacy contract: reads only the hybrid view and the labels (``data.batch(["hybrid"], ...)``),
+    never an original sensitive value; ``cfg`` must be noise-free with no private term.
+    """
+    if cfg.private_loss is not None or cfg.w_priv or cfg.noise_multiplier:
+        raise ValueError(
+            "public pretraining is plain SGD: its step config must have no private term and no noise "
+            f"(got private_loss={cfg.private_loss!r}, w_priv={cfg.w_priv!r}, noise_multiplier={cfg.noise_multiplier!r})."
+        )
+    return train(
+        model,
+        data,
+        mode=get_mode("sgd_hybrid"),
+        cfg=cfg,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        public_batch_size=batch_size,
+        seed=0,  # unused: the batches come from ``sampler``
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        progress=progress,
+        sampler=sampler,
+    )

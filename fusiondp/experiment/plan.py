@@ -40,8 +40,9 @@ def resolve_c_h(
     c_h: float | None,
     c_h_from_private: bool,
     seed: int,
+    when: str = "at initialisation",
 ) -> tuple[float | None, str]:
-    """C_h and where it came from.
+    """C_h and where it came from (``when``: the model's state it is estimated at, for the source).
 
     Privacy contract: only ``c_h_from_private`` (the reference's ``--c_h_from_private``) reads
     original rows, and the returned source says so; otherwise C_h is given or estimated from the
@@ -53,12 +54,10 @@ def resolve_c_h(
         return float(c_h), "given (--c_h)"
     if c_h_from_private:
         return data.private_c_h(model), (
-            "estimated from ORIGINAL rows at initialisation (--c_h_from_private): NOT PRIVATE"
+            f"estimated from ORIGINAL rows {when} (--c_h_from_private): NOT PRIVATE"
         )
     generator = torch.Generator().manual_seed(seed + 2)
-    return data.public_c_h(
-        model, generator=generator
-    ), "estimated from hybrid rows at initialisation (public)"
+    return data.public_c_h(model, generator=generator), f"estimated from hybrid rows {when} (public)"
 
 
 def privacy_spec_for(

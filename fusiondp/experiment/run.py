@@ -9,7 +9,7 @@ from torch import nn
 
 from fusiondp.experiment.cli import resolve_device, seed_everything
 from fusiondp.experiment.config import RunConfig
-from fusiondp.experiment.loop import TrainingData, train
+from fusiondp.experiment.loop import BatchSampler, TrainingData, public_pretraining, train
 from fusiondp.experiment.plan import (
     outside_guarantee_reasons,
     privacy_spec_for,
@@ -42,6 +42,46 @@ def check_sensitive_scale(config: RunConfig, data: TrainingData) -> float | None
             f"sensitive_scale={data_scale!r}: pass the run's scale to prepare_tabular."
         )
     return data_scale
+
+
+def pretrain(
+    config: RunConfig,
+    model: nn.Module,
+    data: TrainingData,
+    *,
+    sampler: BatchSampler,
+    loss_fn: LossFn,
+) -> tuple[dict, float]:
+    """Public pretraining of ``model`` (``--pretrain_epochs`` of sgd_hybrid at ``--pretrain_lr``):
+    (what the record says of it, with its per-epoch evaluation log; its training seconds).
+
+    Privacy contract: reads the hybrid view and labels only (:func:`public_pretraining`).
+    """
+    sgd = config.replace(mode="sgd_hybrid", lr=config.pretrain_lr_used)
+    cfg = step_config_for(sgd, get_mode("sgd_hybrid"), privacy=None, c_h=None)
+    epochs = config.pretrain_epochs_used
+    steps = num_steps(epochs=epochs, num_rows=data.num_rows, batch_size=config.batch_size)
+    log, seconds = public_pretraining(
+        model,
+        data,
+        cfg=cfg,
+        steps=steps,
+        epochs=epochs,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        loss_fn=loss_fn,
+        evaluate=data.evaluate,
+        progress=not config.no_progress,
+    )
+    summary = {
+        "view": "hybrid",
+        "epochs": epochs,
+        "steps": steps,
+        "lr": config.pretrain_lr_used,
+        "batch_size": config.batch_size,
+        "log": log,
+    }
+    return summary, seconds
 
 
 def run_experiment(
@@ -94,8 +134,19 @@ def run_experiment(
         steps = num_steps(epochs=config.epochs, num_rows=n, batch_size=config.batch_size)
 
     model = build_model().to(device)
+    sampler_seed, noise_seed, rng = rng_seeds(seed=config.seed, secure_rng=config.secure_rng)
+    sampler = BatchSampler(n, seed=sampler_seed)
+    pretraining, pretrain_seconds = {}, 0.0
+    if config.pretrain_epochs_used:
+        pretraining, pretrain_seconds = pretrain(config, model, data, sampler=sampler, loss_fn=loss_fn)
     c_h, c_h_source = resolve_c_h(
-        mode, model, data, c_h=config.c_h, c_h_from_private=config.c_h_from_private, seed=config.seed
+        mode,
+        model,
+        data,
+        c_h=config.c_h,
+        c_h_from_private=config.c_h_from_private,
+        seed=config.seed,
+        when="after public pretraining" if pretraining else "at initialisation",
     )
     alpha, alpha_rule = private_weight(config, mode, privacy=privacy)
     cfg = step_config_for(config, mode, privacy=privacy, c_h=c_h, alpha=alpha)
@@ -106,7 +157,6 @@ def run_experiment(
             print(f"per-example clipping: {method_reason}")
     else:
         method, method_reason = None, "no private term"
-    sampler_seed, noise_seed, rng = rng_seeds(seed=config.seed, secure_rng=config.secure_rng)
 
     log, train_seconds = train(
         model,
@@ -122,8 +172,10 @@ def run_experiment(
         evaluate=data.evaluate,
         progress=not config.no_progress,
         noise_seed=noise_seed,
+        sampler=sampler,
     )
-    del sampler_seed, noise_seed  # never recorded
+    del sampler_seed, noise_seed, sampler  # never recorded
+    train_seconds += pretrain_seconds
     final_fields = final_evaluation(model, data) if final_evaluation else {}
     outside, draws_dp_noise, stats_epsilon = outside_guarantee_reasons(
         config, mode, scaling, rng=rng, given=outside_guarantee
@@ -151,7 +203,12 @@ def run_experiment(
         log=log,
         train_seconds=train_seconds,
         device=str(device),
-        extra_record={**tuning_summary(config, privacy), **(extra_record or {}), **final_fields},
+        extra_record={
+            **tuning_summary(config, privacy),
+            **({"public_pretraining": pretraining} if pretraining else {}),
+            **(extra_record or {}),
+            **final_fields,
+        },
         sensitive_scale=data_scale,
     )
     if config.results_json:

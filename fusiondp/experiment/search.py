@@ -48,6 +48,12 @@ SPLIT_MODES: Space = {
 """The split step's private weight α and its cap κ on α·σ (feature-dp, calibrated_fusion, fusiondp)."""
 REGULARIZED: Space = {"beta": ("uniform", 0.0, 1.0)}
 """fusiondp's regularizer weight β."""
+PRETRAINING: Space = {
+    "pretrain_epochs": ("choice", [2, 5, 10, 20]),
+    "pretrain_lr": ("log", 0.003, 1.0),
+}
+"""Public pretraining on the hybrid rows (sgd_hybrid's loop): its length and lr. Always in the space of
+``pretrain_dpsgd``; in the other feature-level DP modes' with ``pretraining=True`` (a warm start)."""
 PRIVACY_RELEVANT = frozenset({"batch_size", "epochs"})
 """Flags that change q or T, hence σ: fixed under the honest protocol."""
 KINDS = ("log", "uniform", "int", "choice")
@@ -60,14 +66,25 @@ def _bundle(value: Any) -> dict[str, str]:
     return dict(part.split("=", 1) for part in value.split(","))
 
 
-def search_space(dataset: ModuleType, mode: str, *, protocol: str = "idealised") -> Space:
-    """The space of ``mode`` on ``dataset`` (see the module docstring for the layers it merges)."""
+def search_space(
+    dataset: ModuleType, mode: str, *, protocol: str = "idealised", pretraining: bool = False
+) -> Space:
+    """The space of ``mode`` on ``dataset`` (see the module docstring for the layers it merges);
+    ``pretraining``: add :data:`PRETRAINING` to a mode that allows a public warm start (refused by the
+    others: dpsgd is sample-level, the non-private modes have no DP phase)."""
     spec = get_mode(mode)
+    if pretraining and not spec.allows_pretraining:
+        raise ValueError(
+            f"mode {mode!r} cannot be pretrained on public rows (it is "
+            f"{'sample-level DP' if spec.private else 'not a DP mode'}); tune pretrain_dpsgd instead of dpsgd."
+        )
     space: Space = dict(COMMON)
     if spec.private_loss == "difference":
         space |= SPLIT_MODES
     if spec.uses_regularizer:
         space |= REGULARIZED
+    if spec.pretrains or pretraining:
+        space |= PRETRAINING
     batches = getattr(dataset, "TUNING_BATCHES", None)
     if batches and protocol != "honest":
         space["batch_size,epochs"] = ("choice", list(batches))

@@ -1,4 +1,4 @@
-"""The nine training modes of docs/design.md §3, as data: one step serves them all.
+"""The ten training modes of docs/design.md §3, as data: one step serves them all.
 
 Every mode is a combination of
 * a noise-free public term on a uniform batch of a public view (the hybrid rows, or the rows with
@@ -8,6 +8,10 @@ Every mode is a combination of
   of the same row (``difference``, FusionDP's gradient calibration), optionally plus the
   representation-consistency regularizer;
 combined as ``g = w_pub · g_pub + w_priv · g_priv``. The non-private modes are plain SGD on one view.
+
+A DP mode may first train on the hybrid rows without noise (public pretraining, ``--pretrain_epochs``);
+``pretrain_dpsgd`` always does (then DP-SGD on the original rows: "just fine-tune twice"). Pretraining
+reads every row's public view and label, so only modes whose guarantee is already feature-level allow it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ class ModeSpec:
     relation: str | None = None
     """Neighbouring relation the noise is calibrated for (see fusiondp.mechanism.accounting)."""
     guarantee: str = ""
+    pretrains: bool = False
+    """True when the mode always starts with public pretraining on the hybrid rows."""
+
+    @property
+    def allows_pretraining(self) -> bool:
+        """Whether public pretraining (noise-free SGD on every row's hybrid view and label) keeps the
+        mode's guarantee: only for DP modes whose guarantee is feature-level already, never for the
+        sample-level (add/remove) dpsgd, nor for the non-private modes."""
+        return self.private and self.relation != ADD_REMOVE
 
     def weights(self, *, alpha: float, mix_weight: float) -> tuple[float, float]:
         """(w_pub, w_priv) of ``g = w_pub · g_pub + w_priv · g_priv``.
@@ -69,6 +82,11 @@ _REPLACE_ONE = (
     "replaced by any values (replace-one, sensitivity 2C). No sample-level guarantee: the noise-free "
     "public term reads every row's public view and label"
 )
+_PRETRAIN_REPLACE_ONE = (
+    "(eps, delta) feature-level DP of the sensitive columns; neighbours: one row's sensitive values "
+    "replaced by any values (replace-one, sensitivity 2C). No sample-level guarantee: the noise-free "
+    "pretraining reads every row's hybrid view (public columns, imputed sensitive values) and label"
+)
 _ADD_REMOVE = (
     "(eps, delta) sample-level DP of whole rows; neighbours: one row added or removed (sensitivity C)"
 )
@@ -85,6 +103,9 @@ MODES: dict[str, ModeSpec] = {m.name: m for m in (
              relation=ADD_REMOVE, guarantee=_ADD_REMOVE),
     ModeSpec("naive_fusion", "(1-w)*SGD(hybrid) + w*DP-SGD(original), w = --mix_weight", True, public_view=HYBRID,
              private_loss="full", relation=REPLACE_ONE, guarantee=_REPLACE_ONE),
+    ModeSpec("pretrain_dpsgd", "plain SGD on hybrid rows (--pretrain_epochs), then DP-SGD on original rows",
+             True, private_loss="full", relation=REPLACE_ONE, guarantee=_PRETRAIN_REPLACE_ONE,
+             pretrains=True),
     ModeSpec("naive_fusion_pub", "(1-w)*SGD(noise view) + w*DP-SGD(original)", True,
              public_view=NOISE, private_loss="full", relation=REPLACE_ONE, guarantee=_REPLACE_ONE),
     ModeSpec("feature-dp", "split step with the noise view, no regularizer", True, public_view=NOISE,
