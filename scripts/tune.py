@@ -216,6 +216,22 @@ def study_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
+def mode_label(args: argparse.Namespace, mode: str) -> str:
+    """The mode as the summary names it: ``fusiondp+pretrained`` when this study adds a public warm start."""
+    return f"{mode}+pretrained" if args.pretraining and not get_mode(mode).pretrains else mode
+
+
+def merged_summary(path: Path, summary: dict) -> dict:
+    """This start's summary over the one already in ``path``: the modes of earlier starts on the same
+    folder (another --modes list, or --pretraining) stay, this start's modes replace theirs."""
+    if not path.exists():
+        return summary
+    old = json.loads(path.read_text())
+    if old.get("_study", {}).get("protocol") != summary["_study"]["protocol"]:
+        return summary
+    return {**{k: v for k, v in old.items() if not k.startswith("_")}, **summary}
+
+
 def study_name(args: argparse.Namespace, mode: str) -> str:
     warm = "-pretrained" if args.pretraining and not get_mode(mode).pretrains else ""
     return f"{args.dataset}-{mode}{warm}-eps{args.epsilon:g}-{args.protocol}-seed{args.study_seed}"
@@ -367,7 +383,7 @@ def main(args: argparse.Namespace) -> dict:
         # The winning trial already ran with the first seed; the others run as "final" (idealised only).
         if args.protocol == "idealised":
             finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]
-        summary[mode] = {
+        summary[mode_label(args, mode)] = {
             "best_trial": best.number,
             "best_params": best.params,
             "best_" + args.select: best.value,
@@ -375,24 +391,28 @@ def main(args: argparse.Namespace) -> dict:
     launch(args, finals)
     found = records_by_study(args.results)
     for mode, study in studies.items():
-        if mode not in summary:
+        if mode_label(args, mode) not in summary:
             continue
         trial_records = [
             r for n, rs in found.items() if n.startswith(f"{study.study_name}/trial") for r in rs
         ]
-        best = found.get(f"{study.study_name}/trial{summary[mode]['best_trial']}", [])
+        best = found.get(f"{study.study_name}/trial{summary[mode_label(args, mode)]['best_trial']}", [])
         final = best[:1] + found.get(f"{study.study_name}/final", [])
         first = (final or trial_records or [{}])[0]
-        summary[mode] |= {
+        summary[mode_label(args, mode)] |= {
             "protocol": args.protocol,
             "epsilon": args.epsilon,
             "epsilon_with_tuning": first.get("epsilon_with_tuning"),
             "epsilon_per_run": first.get("epsilon_spent"),
             "cost_of_tuning": first.get("cost_of_tuning"),
+            "extra": args.extra,
             f"final_{metric}": summarise([r[metric] for r in final]),
         }
         if args.protocol == "idealised":  # the honest release is the winner alone: nothing of the others
-            summary[mode] |= {"trials": k, f"trials_{metric}": summarise([r[metric] for r in trial_records])}
+            summary[mode_label(args, mode)] |= {
+                "trials": k,
+                f"trials_{metric}": summarise([r[metric] for r in trial_records]),
+            }
     summary["_study"] = {"dataset": args.dataset, "protocol": args.protocol, "secure": secure_study(args),
                          "study_seed": None if secure_study(args) else args.study_seed,
                          "select": args.select, "seeds": args.seeds if args.protocol == "idealised" else args.seeds[:1],
@@ -400,6 +420,7 @@ def main(args: argparse.Namespace) -> dict:
                          "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
     if not hidden:
         summary["_study"]["trials"] = k
+    summary = merged_summary(study_folder(args) / "summary.json", summary)
     (study_folder(args) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(table(summary, metric))
     return summary

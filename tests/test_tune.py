@@ -161,3 +161,64 @@ def test_honest_k_is_drawn_from_the_study_seed():
         for seed in range(20)
     }
     assert len(set(draws.values())) > 3 and min(draws.values()) >= 1
+
+
+def test_honest_protocol_refuses_replace_one_modes_before_any_run(tmp_path, sepsis_dir):
+    cmd = [*_tune("--modes", "dpsgd", "pretrain_dpsgd", "--epsilon", "2", "--protocol", "honest",
+                  results=tmp_path / "s", sepsis_dir=sepsis_dir), "--accountant", "rdp"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "mode 'pretrain_dpsgd' is calibrated for replace-one" in done.stderr
+    assert not list((tmp_path / "s").glob("*.json"))
+
+
+def test_dry_run_draws_and_prints_the_trials_and_runs_none(tmp_path, sepsis_dir):
+    results = tmp_path / "s"
+    cmd = _tune("--modes", "pretrain_dpsgd", "fusiondp", "--pretraining", "--epsilon", "2", "--trials", "2",
+                "--dry_run", results=results, sepsis_dir=sepsis_dir)  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 4 and "dry run: 4 trial(s) to run, none started" in done.stderr
+    assert all("--pretrain_epochs" in line for line in lines)  # both modes search the warm start
+    assert sum("sepsis-fusiondp-pretrained-eps2-idealised-seed0/trial" in line for line in lines) == 2
+    assert not list(results.glob("*.json"))  # nothing ran
+
+
+def test_a_second_start_with_other_modes_keeps_the_first_ones_summary(tmp_path):
+    summarise = load_script("scripts.tune").merged_summary
+    path = tmp_path / "summary.json"
+    first = {"dpsgd": {"epsilon": 2}, "_study": {"protocol": "idealised", "extra": []}}
+    path.write_text(json.dumps(first))
+    second = {"fusiondp+pretrained": {"epsilon": 2}, "_study": {"protocol": "idealised", "extra": ["x"]}}
+    merged = summarise(path, second)
+    assert set(merged) == {"dpsgd", "fusiondp+pretrained", "_study"} and merged["_study"]["extra"] == ["x"]
+    honest = {"dpsgd": {"epsilon": 2}, "_study": {"protocol": "honest"}}
+    assert summarise(path, honest) == honest  # another protocol's summary is never mixed in
+
+
+def _summary(folder, protocol, rows):
+    (folder / "study").mkdir(parents=True)
+    (folder / "study" / "summary.json").write_text(
+        json.dumps({**rows, "_study": {"dataset": "sepsis", "protocol": protocol}})
+    )
+
+
+def test_tuned_tables_pool_honest_studies_and_add_the_reference(tmp_path):
+    tables = load_script("scripts.tuned_tables")
+    stat = lambda mean, std, n: {"mean": mean, "std": std, "n": n}  # noqa: E731
+    _summary(tmp_path / "i", "idealised", {
+        "dpsgd": {"epsilon": 2, "final_test_aupr": stat(0.69, 0.006, 3), "trials": 10,
+                  "trials_test_aupr": {"n": 10, "median": 0.56, "q1": 0.35, "q3": 0.62}}})  # fmt: skip
+    _summary(tmp_path / "h0", "honest", {"dpsgd": {"epsilon": 2, "final_test_aupr": stat(0.5, 0.0, 1)}})
+    _summary(tmp_path / "h1", "honest", {"dpsgd": {"epsilon": 2, "final_test_aupr": stat(0.7, 0.0, 1)}})
+    reference = tmp_path / "ref.md"
+    reference.write_text("| mode | epsilon | test_aupr | n |\n|---|---|---|---|\n| dpsgd | 2.0 | 0.6594 ± 0.0110 | 3 |\n"
+                         "| fusiondp | 2.0 | 0.6761 ± 0.0077 | 3 |\n")  # fmt: skip
+    args = tables.get_args_parser().parse_args([str(tmp_path / f) for f in ("i", "h0", "h1")] + [
+        "--reference_table", str(reference), "--plot", str(tmp_path / "p.png")])  # fmt: skip
+    text = tables.main(args)
+    row = "| 2 | dpsgd | 0.6900 ± 0.0060 (3) | 0.5600 [0.3500, 0.6200] | 0.6000 ± 0.1414 (2) | 0.6594 ± 0.0110 (3) |"
+    assert row in text
+    assert "fusiondp" not in text  # reference rows of a mode no study tuned are left out
+    assert (tmp_path / "p.png").stat().st_size > 0
