@@ -76,6 +76,7 @@ from fusiondp.experiment.launch import (
     sbatch_script,
     submitit_folder,
 )
+from fusiondp.mechanism.modes import MODES
 
 REPO = Path(__file__).resolve().parent.parent
 __all__ = ["LAUNCHERS", "Outcome", "Progress", "Run", "SubmititTask"]  # the launchers' names, re-exported
@@ -264,9 +265,9 @@ def check_args(args: argparse.Namespace) -> None:
     """Reject values no sweep can use, naming the flag and the value."""
     if not args.dataset and not args.script:
         raise SystemExit(f"give --dataset (one of {', '.join(DATASETS)}) or --script")
-    bad_modes = [m for m in args.modes if m not in ALL_MODES]
+    bad_modes = [m for m in args.modes if m not in MODES]
     if bad_modes:
-        raise SystemExit(f"--modes: unknown mode(s) {bad_modes}; known: {ALL_MODES}")
+        raise SystemExit(f"--modes: unknown mode(s) {bad_modes}; known: {list(MODES)}")
     for name in ("jobs", "cpus", "time", "cpus_per_run", "array_parallelism"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)!r}")

@@ -76,7 +76,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     what = parser.add_argument_group("the study")
     what.add_argument("--dataset", choices=sorted(DATASETS), required=True)
-    what.add_argument("--modes", nargs="+", default=TUNED_MODES, help="default: %(default)s")
+    what.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        help=f"default: {TUNED_MODES} (under --protocol honest without the replace-one modes, which RDP cannot analyse)",
+    )
     what.add_argument("--epsilon", type=float, required=True, help="per run (idealised) or in total (honest)")
     what.add_argument("--protocol", choices=TUNING_PROTOCOLS, default="idealised")
     what.add_argument("--trials", type=int, default=10, help="idealised: the number of trials per mode")
@@ -164,11 +169,28 @@ def check_args(args: argparse.Namespace, known: set[str]) -> None:
             )
 
 
+def warm_started(args: argparse.Namespace, mode: str) -> bool:
+    """Whether this study adds a public warm start to ``mode`` (--pretraining, where the mode allows it)."""
+    return args.pretraining and get_mode(mode).allows_pretraining and not get_mode(mode).pretrains
+
+
 def space_of(args: argparse.Namespace, mode: str) -> dict:
     """The search space of ``mode`` in this study."""
     return search_space(
-        dataset_module(args.dataset), mode, protocol=args.protocol, pretraining=args.pretraining
+        dataset_module(args.dataset), mode, protocol=args.protocol, pretraining=warm_started(args, mode)
     )
+
+
+def resolve_modes(args: argparse.Namespace) -> None:
+    """``--modes`` unset: every tuned mode the protocol can calibrate; say which modes --pretraining skips."""
+    if args.modes is None:
+        honest = args.protocol == "honest"
+        args.modes = [m for m in TUNED_MODES if not (honest and get_mode(m).relation == REPLACE_ONE)]
+    if args.pretraining:
+        cold = [m for m in args.modes if not get_mode(m).allows_pretraining]
+        if cold:
+            print(f"--pretraining: {cold} cannot be warm-started on the hybrid rows (sample-level DP or a noise-view "
+                  "baseline) and are tuned without it", file=sys.stderr)  # fmt: skip
 
 
 def secure_study(args: argparse.Namespace) -> bool:
@@ -218,7 +240,7 @@ def study_folder(args: argparse.Namespace) -> Path:
 
 def mode_label(args: argparse.Namespace, mode: str) -> str:
     """The mode as the summary names it: ``fusiondp+pretrained`` when this study adds a public warm start."""
-    return f"{mode}+pretrained" if args.pretraining and not get_mode(mode).pretrains else mode
+    return f"{mode}+pretrained" if warm_started(args, mode) else mode
 
 
 def merged_summary(path: Path, summary: dict) -> dict:
@@ -233,7 +255,7 @@ def merged_summary(path: Path, summary: dict) -> dict:
 
 
 def study_name(args: argparse.Namespace, mode: str) -> str:
-    warm = "-pretrained" if args.pretraining and not get_mode(mode).pretrains else ""
+    warm = "-pretrained" if warm_started(args, mode) else ""
     return f"{args.dataset}-{mode}{warm}-eps{args.epsilon:g}-{args.protocol}-seed{args.study_seed}"
 
 
@@ -246,8 +268,9 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(study_folder(args) / "optuna.journal")))
     name = study_name(args, mode)
-    seed = secrets.randbits(32) if secure_study(args) else args.study_seed
-    sampler = optuna.samplers.RandomSampler(seed=seed)
+    # A secure study's candidates come from numpy's OS-entropy seeding (seed None: the whole state, not a
+    # 32-bit seed that the published winner's values would let anyone search for); they are stored below.
+    sampler = optuna.samplers.RandomSampler(seed=None if secure_study(args) else args.study_seed)
     study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
     )
@@ -258,12 +281,22 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
             )
         return study
     space = space_of(args, mode)
+    hidden = args.protocol == "honest" and secure_study(args)
     for _ in range(k):
-        suggest(study.ask(), space)
+        trial = study.ask()
+        suggest(trial, space)
+        # The released record names its trial: a secure honest study names it by a random tag, since an
+        # index would tell that K is larger than it.
+        trial.set_user_attr("tag", f"trial-{secrets.token_hex(8)}" if hidden else f"trial{trial.number}")
     study.set_user_attr("trials", k)
     study.set_user_attr("space", {key: list(spec) for key, spec in space.items()})
     study.set_user_attr("candidates_drawn", True)
     return study
+
+
+def trial_tag(trial) -> str:
+    """The name a trial's runs and records carry (``trial<number>``; random in a secure honest study)."""
+    return trial.user_attrs.get("tag", f"trial{trial.number}")
 
 
 def trial_flags(trial, space_keys) -> list[str]:
@@ -321,6 +354,7 @@ def summarise(values: list[float]) -> dict:
 
 def main(args: argparse.Namespace) -> dict:
     script = REPO / train_script_name(args.dataset)
+    resolve_modes(args)
     check_args(args, train_flags(script))
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -349,7 +383,7 @@ def main(args: argparse.Namespace) -> dict:
                         args,
                         script,
                         mode,
-                        f"trial{trial.number}",
+                        trial_tag(trial),
                         trial_flags(trial, keys),
                         args.seeds[0],
                     )
@@ -365,13 +399,13 @@ def main(args: argparse.Namespace) -> dict:
         for trial in study.get_trials(deepcopy=False):
             if trial.state.name != "RUNNING":
                 continue
-            records = found.get(f"{study.study_name}/trial{trial.number}", [])
+            records = found.get(f"{study.study_name}/{trial_tag(trial)}", [])
             if records:
                 study.tell(trial.number, float(records[0][args.select]))
             # else: the run failed; the trial stays open and the next start runs it again
 
     # 2. The winner of each mode on validation, then its seeds.
-    finals, summary = [], {}
+    finals, summary, best_tags = [], {}, {}
     for mode, study in studies.items():
         done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         if len(done) < k:
@@ -383,8 +417,9 @@ def main(args: argparse.Namespace) -> dict:
         # The winning trial already ran with the first seed; the others run as "final" (idealised only).
         if args.protocol == "idealised":
             finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]
+        best_tags[mode] = trial_tag(best)
         summary[mode_label(args, mode)] = {
-            "best_trial": best.number,
+            "best_trial": None if hidden else best.number,  # an index would bound the secret K
             "best_params": best.params,
             "best_" + args.select: best.value,
         }
@@ -396,7 +431,7 @@ def main(args: argparse.Namespace) -> dict:
         trial_records = [
             r for n, rs in found.items() if n.startswith(f"{study.study_name}/trial") for r in rs
         ]
-        best = found.get(f"{study.study_name}/trial{summary[mode_label(args, mode)]['best_trial']}", [])
+        best = found.get(f"{study.study_name}/{best_tags[mode]}", [])
         final = best[:1] + found.get(f"{study.study_name}/final", [])
         first = (final or trial_records or [{}])[0]
         summary[mode_label(args, mode)] |= {

@@ -156,6 +156,7 @@ def test_pretrain_dpsgd_record_and_report_state_the_relation_and_the_pretraining
     [
         (["--mode", "dpsgd", "--pretrain_epochs", "2"], "use --mode pretrain_dpsgd"),
         (["--mode", "sgd_hybrid", "--pretrain_epochs", "2"], "plain SGD on one view already"),
+        (["--mode", "feature-dp", "--pretrain_epochs", "2"], "stands for training without the imputations"),
         (["--mode", "pretrain_dpsgd", "--pretrain_epochs", "0"], "--pretrain_epochs must be > 0"),
         (["--mode", "fusiondp", "--pretrain_epochs", "-1"], "--pretrain_epochs must be >= 0"),
         (["--mode", "fusiondp", "--pretrain_lr", "0.1"], "give --pretrain_epochs > 0"),
@@ -169,19 +170,13 @@ def test_bad_pretraining_flags_are_refused_with_the_value(tmp_path, sepsis_frame
 
 def test_only_feature_level_dp_modes_allow_pretraining():
     allowed = {name for name, spec in MODES.items() if spec.allows_pretraining}
-    assert allowed == {
-        "naive_fusion",
-        "naive_fusion_pub",
-        "pretrain_dpsgd",
-        "feature-dp",
-        "calibrated_fusion",
-        "fusiondp",
-    }
+    # Not dpsgd (sample-level), not the non-DP modes, not the noise-view baselines (no imputations).
+    assert allowed == {"naive_fusion", "pretrain_dpsgd", "calibrated_fusion", "fusiondp"}
 
 
 def test_search_spaces_carry_pretraining_where_asked():
     assert PRETRAINING.items() <= search_space(sepsis, "pretrain_dpsgd").items()
     assert "pretrain_epochs" not in search_space(sepsis, "fusiondp")
     assert PRETRAINING.items() <= search_space(sepsis, "fusiondp", pretraining=True).items()
-    with pytest.raises(ValueError, match="tune pretrain_dpsgd instead of dpsgd"):
+    with pytest.raises(ValueError, match="tune pretrain_dpsgd for a warm-started DP-SGD"):
         search_space(sepsis, "dpsgd", pretraining=True)

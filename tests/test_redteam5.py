@@ -5,14 +5,14 @@ Each test here FAILS on d7aac07 and names the hole it demonstrates; the fix is i
 
 from __future__ import annotations
 
-import pytest
+import json
+import re
+
 import torch
 from conftest import load_script, sepsis_args, write_sepsis_dir
 from test_invariance import _scrambled
 
-import fusiondp.experiment.plan as plan
 import fusiondp.experiment.run as run_module
-from fusiondp.experiment.loop import BatchSampler
 from fusiondp.experiment.plan import rng_seeds
 
 script = load_script("train_fusiondp_sepsis")
@@ -22,86 +22,57 @@ def _run(data_dir, *flags):
     return script.main(sepsis_args(data_dir, "--epsilon", "2", *flags))
 
 
-def test_secure_pretraining_log_identifies_the_secret_sampler_and_its_poisson_batches(
-    tmp_path, sepsis_frames, monkeypatch
-):
-    """HOLE. Under ``--secure_rng`` public pretraining draws its shuffled batches from the SECRET sampler
-    (run.py passes the DP phase's BatchSampler to ``pretrain``), and the record publishes the pretrained
-    model's per-epoch val/test metrics (``public_pretraining.log``). That log is a deterministic function
-    of public data, ``--seed`` and the secret sampler seed, so it is an offline oracle for the seed: an
-    adversary who replays pretraining from PUBLIC data for each candidate seed finds the one whose log
-    matches, then regenerates every Poisson batch of the DP phase: subsampling amplification (and with
-    it the recorded ε) is gone. torch's CPU generator keeps only the low 32 bits of the 62-bit secret
-    (test below), so the real search is 2^32 one-epoch pretrainings; here it is cut to 8 candidates.
+def test_secure_pretraining_log_reveals_nothing_of_the_secret_sampler(tmp_path, sepsis_frames, monkeypatch):
+    """HOLE (fixed). Under ``--secure_rng`` public pretraining drew its shuffled batches from the SECRET
+    sampler of the DP steps, and the record publishes the pretrained model's per-epoch val/test metrics
+    (``public_pretraining.log``): a function of public data, ``--seed`` and the secret sampler seed, so an
+    offline oracle for that seed. The review replayed pretraining from public data for 8 candidate seeds,
+    found the one whose log matched, and regenerated all 8 Poisson batches of the DP phase.
 
-    Fix: draw pretraining batches from their own generator seeded from ``--seed`` (pretraining is public
-    and may be reproducible), never from the DP phase's secret sampler.
+    Fixed: pretraining has its own sampler, seeded from ``--seed``. Here the secret generators are made
+    weak on purpose (seeded from known values): the published log is the same whatever they are, equals
+    sgd_hybrid's at ``--seed`` on public data (scrambled originals), and the DP phase still moves.
     """
-    target_dir = write_sepsis_dir(tmp_path / "target", sepsis_frames)
-    public_dir = write_sepsis_dir(tmp_path / "public", _scrambled(sepsis_frames))  # no original value known
-    candidates = [1009, 2003, 3001, 4007, 5003, 6007, 7001, 8009]
-    secret = (0x2BADC0DE << 32) | candidates[5]  # 62-bit OS-entropy seed (its high bits are ignored by torch)
-
-    observed = []
-    real_poisson = BatchSampler.poisson
-
-    def spy(self, rate):
-        rows = real_poisson(self, rate)
-        observed.append(rows.tolist())
-        return rows
-
-    with monkeypatch.context() as m:
-        draws = iter([secret, 0x1234567])  # (sampler seed, noise seed) as rng_seeds draws them
-        m.setattr(plan.secrets, "randbits", lambda bits: next(draws))
-        m.setattr(BatchSampler, "poisson", spy)
-        target = _run(target_dir, "--mode", "fusiondp", "--secure_rng", "--pretrain_epochs", "1")
-    assert target["rng"] == "secure" and target["privacy_guarantee_holds"] is True
-    published = target["public_pretraining"]
-
-    # The adversary: sgd_hybrid on public data (hybrid rows, labels, val/test) with a candidate sampler seed.
-    matches = []
-    for c in candidates:
+    data_dir = write_sepsis_dir(tmp_path / "target", sepsis_frames)
+    public_dir = write_sepsis_dir(tmp_path / "public", _scrambled(sepsis_frames))
+    runs = []
+    for secret in (1009, 6007):
         with monkeypatch.context() as m:
-            m.setattr(run_module, "rng_seeds", lambda *, seed, secure_rng, c=c: (c, c + 1, "seeded"))
-            replay = _run(
-                public_dir, "--mode", "sgd_hybrid", "--epochs", str(published["epochs"]),
-                "--lr", str(published["lr"]),
-            )  # fmt: skip
-        if replay["epochs_log"] == published["log"]:
-            matches.append(c)
-
-    predicted = None
-    if len(matches) == 1:
-        sampler = BatchSampler(target["num_train_rows"], seed=matches[0])
-        for _ in range(published["steps"]):
-            sampler.shuffled(published["batch_size"])
-        predicted = []
-        for _ in range(target["steps"]):
-            sampler.uniform(int(target["args"]["public_batch_size"]))
-            predicted.append(sampler.poisson(target["sample_rate"]).tolist())
-    assert predicted != observed, (
-        f"the published public_pretraining log identified the secret sampler seed (mod 2^32: {matches}) "
-        f"and, from public data alone, every one of the DP phase's {len(observed)} Poisson batches"
+            m.setattr(
+                run_module,
+                "os_entropy_generator",
+                lambda device="cpu", s=secret: torch.Generator(device=device).manual_seed(s),
+            )
+            runs.append(_run(data_dir, "--mode", "fusiondp", "--secure_rng", "--pretrain_epochs", "1"))
+    assert all(r["rng"] == "secure" and r["privacy_guarantee_holds"] is True for r in runs)
+    assert runs[0]["public_pretraining"]["log"] == runs[1]["public_pretraining"]["log"]
+    assert runs[0]["epochs_log"] != runs[1]["epochs_log"]  # the secret stream does drive the DP phase
+    replay = _run(
+        public_dir, "--mode", "sgd_hybrid", "--epochs", "1", "--lr", str(runs[0]["public_pretraining"]["lr"])
     )
+    assert replay["epochs_log"] == runs[0]["public_pretraining"]["log"]
 
 
-def test_secure_seeds_keep_their_entropy_in_torchs_cpu_generator():
-    """HOLE (pre-existing, made exploitable by the pretraining oracle above). ``rng_seeds`` draws 62 bits
+def test_secure_generators_carry_more_than_a_32_bit_seed():
+    """HOLE (pre-existing, made exploitable by the pretraining oracle above). ``rng_seeds`` drew 62 bits
     from OS entropy, but ``torch.Generator().manual_seed`` (CPU MT19937) initialises from the low 32
-    bits only: the Poisson sampler (always a CPU generator), the CPU noise generator and the DP
-    statistics' generator have 2^32 possible streams, not 2^62 as docs/privacy.md §1c implies.
+    bits only: the Poisson sampler, the CPU noise and the DP statistics had 2^32 possible streams.
 
-    Fix: fill the MT19937 state from OS entropy (``Generator.set_state`` with ``secrets.token_bytes``
-    for the 624 words), or draw masks and noise from a generator keyed with >= 128 bits.
+    Fixed: a secure run has no seeds (rng_seeds returns None) and its generators come from
+    ``os_entropy_generator``, whose whole Mersenne Twister state is OS entropy: its stream is not the
+    stream of any seed torch could have been given (checked here against its own recorded initial seed
+    and the 32-bit truncations of the state's first word).
     """
-    sampler_seed, noise_seed, rng = rng_seeds(seed=0, secure_rng=True)
-    assert rng == "secure"
-    a = BatchSampler(10_000, seed=sampler_seed).poisson(0.05)
-    b = BatchSampler(10_000, seed=sampler_seed % 2**32).poisson(0.05)
-    assert not torch.equal(a, b), "the secret sampler stream is fixed by the low 32 bits of its seed"
-    n1 = torch.randn(1000, generator=torch.Generator().manual_seed(noise_seed))
-    n2 = torch.randn(1000, generator=torch.Generator().manual_seed(noise_seed % 2**32))
-    assert not torch.equal(n1, n2), "the secret CPU noise is fixed by the low 32 bits of its seed"
+    from fusiondp.mechanism.randomness import os_entropy_generator
+
+    assert rng_seeds(seed=0, secure_rng=True) == (None, None, "secure")
+    g = os_entropy_generator()
+    state = g.get_state()
+    first = torch.rand(1000, generator=g)
+    for seed in {g.initial_seed(), int.from_bytes(bytes(state[24:28].tolist()), "little")}:
+        assert not torch.equal(first, torch.rand(1000, generator=torch.Generator().manual_seed(seed)))
+    assert not torch.equal(first, torch.rand(1000, generator=os_entropy_generator()))  # fresh each time
+    assert 0.45 < float(first.mean()) < 0.55
 
 
 def test_seconds_per_epoch_counts_the_dp_phase_only(tmp_path, sepsis_frames, monkeypatch):
@@ -124,3 +95,20 @@ def test_seconds_per_epoch_counts_the_dp_phase_only(tmp_path, sepsis_frames, mon
     assert record["seconds_per_epoch"] < 100, (
         f"one DP epoch of a 240-row quick run reported as {record['seconds_per_epoch']:.0f} s"
     )
+
+
+def test_a_secure_honest_study_names_its_trials_by_random_tags(monkeypatch, tmp_path):
+    """HOLE (found while fixing the above). A secure honest study published the released winner's record
+    with ``tuning_study: .../trial<index>`` and its summary's ``best_trial`` index: an index j tells
+    that K > j, side information about the K the bound needs unobserved. Its candidates also came from
+    a 32-bit Optuna seed, which the published winner's values would let anyone search for. Now the
+    trials are tagged ``trial-<16 random hex>``, the summary has no index, and the sampler is seeded
+    from OS entropy (the candidates are stored in the study's journal, so resumption needs no seed)."""
+    from test_redteam4 import _fake_study
+
+    tune = load_script("scripts.tune")
+    summary, launched, _, _ = _fake_study(tune, monkeypatch, tmp_path)
+    tags = [dict(zip(r.flags[::2], r.flags[1::2], strict=False))["--tuning_study"] for r in launched]
+    assert tags and all(re.fullmatch(r".+/trial-[0-9a-f]{16}", t) for t in tags), tags
+    assert summary["dpsgd"]["best_trial"] is None
+    assert re.search(r"/trial\d", json.dumps(summary)) is None

@@ -8,7 +8,6 @@ from conftest; a few seconds in all.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import pytest
@@ -114,36 +113,32 @@ def test_secure_dp_statistics_of_a_non_dp_mode(sepsis_dir, tmp_path):
     assert {k for k in record if "seed" in k.lower()} == {"seed"}
 
 
-def test_secure_rng_draws_every_secret_seed_from_os_entropy_and_records_none(
+def test_secure_rng_draws_every_secret_generator_from_os_entropy_and_records_none(
     sepsis_dir, tmp_path, monkeypatch
 ):
-    import fusiondp.experiment.plan
-    import fusiondp.tabular.runner
+    import fusiondp.mechanism.randomness as randomness
 
     drawn = []
+    real = randomness.secrets.token_bytes
 
-    def fake_randbits(k):
-        drawn.append(987_654_321_000 + len(drawn))
+    def counting(n):
+        drawn.append(real(n))
         return drawn[-1]
 
-    monkeypatch.setattr(fusiondp.experiment.plan.secrets, "randbits", fake_randbits)
-    assert (
-        fusiondp.tabular.runner.secrets is fusiondp.experiment.plan.secrets
-    )  # one module: both draws are patched
+    monkeypatch.setattr(randomness.secrets, "token_bytes", counting)
     record = _run(sepsis_dir, tmp_path, "--mode", "fusiondp", "--scaling", "dp", "--secure_rng")
-    assert len(drawn) == 3  # DP statistics' noise, the sampler, the step noise
-    text = json.dumps(record)
-    assert not any(str(v) in text for v in drawn)
+    # DP statistics' noise, the sampler, the step noise: each a whole Mersenne Twister state (624 words).
+    assert [len(b) for b in drawn] == [4 * 624] * 3
     assert record["rng"] == "secure" and record["privacy_guarantee_holds"] is True
     assert record["scaling_epsilon_cost"] > 0
+    assert {k for k in record if "seed" in k.lower()} == {"seed"}
 
 
 def test_seeded_run_draws_nothing_from_os_entropy(sepsis_dir, tmp_path, monkeypatch):
-    import fusiondp.experiment.plan
+    import fusiondp.mechanism.randomness as randomness
 
-    monkeypatch.setattr(
-        fusiondp.experiment.plan.secrets, "randbits", lambda k: pytest.fail("seeded run drew a secret")
-    )
+    monkeypatch.setattr(randomness.secrets, "token_bytes", lambda n: pytest.fail("seeded run drew a secret"))
+    monkeypatch.setattr(randomness.secrets, "randbits", lambda k: pytest.fail("seeded run drew a secret"))
     record = _run(sepsis_dir, tmp_path, "--mode", "dpsgd")
     assert record["outside_guarantee"] == [EXPERIMENT_MODE] and record["rng"] == "seeded"
 

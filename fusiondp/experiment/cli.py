@@ -13,6 +13,7 @@ from fusiondp.mechanism.accounting import ACCOUNTANTS, NEIGHBOURING_FLAGS
 from fusiondp.mechanism.modes import MODES
 from fusiondp.mechanism.optim import DEFAULT_MOMENTUM, LR_SCHEDULES, OPTIMIZERS
 from fusiondp.mechanism.scaling import SCALING_SOURCES
+from fusiondp.mechanism.scope import PRIVATE_SCOPES
 from fusiondp.mechanism.tuning import DISTRIBUTIONS as TRIAL_DISTRIBUTIONS
 from fusiondp.mechanism.tuning import TUNING_PROTOCOLS
 
@@ -112,6 +113,16 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
     )
     g.add_argument(
         "--pretrain_lr", type=float, default=None, help="learning rate of public pretraining (default: --lr)"
+    )
+
+    g.add_argument(
+        "--private_scope",
+        default=None,
+        choices=PRIVATE_SCOPES,
+        help="split modes: where the clipped, noised difference term acts: all parameters, or only the "
+        "first layer's weights on the sensitive input columns (sensitive_inputs: far less noise, the rest "
+        "of the model trained by the public term alone; vmap per-example path; tabular data) "
+        "(default: all)",
     )
 
     p = parser.add_argument_group("privacy")

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from fusiondp.mechanism.accounting import REPLACE_ONE
-from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.modes import NOISE, get_mode
 from fusiondp.mechanism.optim import DEFAULT_MOMENTUM, LR_SCHEDULES, OPTIMIZERS
+from fusiondp.mechanism.scope import PRIVATE_SCOPES
 from fusiondp.mechanism.tuning import TrialCount
 
 OMITTED_WHEN_UNSET = frozenset(
     {"mix_weight", "optimizer", "momentum", "lr_schedule", "sensitive_scale",
      "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study",
-     "pretrain_epochs", "pretrain_lr"}
+     "pretrain_epochs", "pretrain_lr", "private_scope"}
 )  # fmt: skip
 """Flags added after records existed: left out of the settings while unset, so that a run without them
 has the same settings (and skip-matching) as before the flag existed."""
@@ -91,6 +92,7 @@ class RunConfig:
     sensitive_scale: float | None = None
     pretrain_epochs: float | None = None
     pretrain_lr: float | None = None
+    private_scope: str | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
     """The script's own flags, by name (``data_dir``, ``one_hot``, ...), as parsed."""
     order: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -186,6 +188,11 @@ class RunConfig:
         return 1.0 if self.sensitive_scale is None else self.sensitive_scale
 
     @property
+    def private_scope_used(self) -> str:
+        """``--private_scope``, or ``all`` (every parameter, the reference) when unset."""
+        return self.private_scope or "all"
+
+    @property
     def pretrain_epochs_used(self) -> float:
         """Epochs of public pretraining: ``--pretrain_epochs``; unset, ``--epochs`` for a mode that
         always pretrains (pretrain_dpsgd) and none for the others."""
@@ -255,6 +262,21 @@ class RunConfig:
         ):
             raise ValueError(f"--sensitive_scale must be finite and > 0, got {self.sensitive_scale!r}.")
         self._validate_pretraining()
+        if self.private_scope is not None:
+            if self.private_scope not in PRIVATE_SCOPES:
+                raise ValueError(
+                    f"--private_scope must be one of {PRIVATE_SCOPES}, got {self.private_scope!r}."
+                )
+            if self.private_scope != "all" and get_mode(self.mode).private_loss != "difference":
+                raise ValueError(
+                    f"--private_scope {self.private_scope} restricts the split modes' difference term (the public "
+                    f"term trains the rest of the model); mode {self.mode!r} has no such term."
+                )
+            if self.private_scope != "all" and self.per_example == "bookkeeping":
+                raise ValueError(
+                    f"--private_scope {self.private_scope} runs on the vmap per-example path: use --per_example "
+                    "auto or vmap."
+                )
 
     def _validate_pretraining(self) -> None:
         mode = get_mode(self.mode)
@@ -271,12 +293,15 @@ class RunConfig:
             )
         given = self.pretrain_epochs or self.pretrain_lr is not None
         if given and not mode.allows_pretraining:
-            why = (
-                "its guarantee is sample-level (add/remove), and pretraining reads every row's hybrid view "
-                "and label without noise; use --mode pretrain_dpsgd (feature-level, replace-one)"
-                if mode.private
-                else "it is plain SGD on one view already"
-            )
+            if not mode.private:
+                why = "it is plain SGD on one view already"
+            elif mode.public_view == NOISE:
+                why = "its public view is the noise view: it stands for training without the imputations"
+            else:
+                why = (
+                    "its guarantee is sample-level (add/remove), and pretraining reads every row's hybrid view "
+                    "and label without noise; use --mode pretrain_dpsgd (feature-level, replace-one)"
+                )
             raise ValueError(
                 f"--pretrain_epochs/--pretrain_lr (public pretraining) cannot be used with mode {self.mode!r}: "
                 f"{why}."

@@ -75,9 +75,13 @@ def epoch_boundaries(*, steps: int, epochs: float) -> list[int]:
 class BatchSampler:
     """Row indices for each step, from a dedicated seeded generator (independent of the data)."""
 
-    def __init__(self, num_rows: int, *, seed: int) -> None:
+    def __init__(
+        self, num_rows: int, *, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> None:
+        if (seed is None) == (generator is None):
+            raise ValueError("give BatchSampler a seed (experiment mode) or a generator (secure), not both.")
         self.num_rows = num_rows
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self._stream = torch.empty(0, dtype=torch.long)
 
     def poisson(self, sample_rate: float) -> torch.Tensor:
@@ -111,20 +115,23 @@ def train(
     progress: bool = True,
     noise_seed: int | None = None,
     sampler: BatchSampler | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> tuple[list[dict], float]:
     """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded).
 
     Batches come from ``sampler`` (default: a new one seeded by ``seed``; a run that pretrains passes
     the one its pretraining drew from, so the two phases read one stream).
-    The DP noise comes from its own generator, seeded by ``noise_seed`` (default ``seed + 1``). One
+    The DP noise comes from its own generator: ``noise_generator`` (a secure run's, filled from OS
+    entropy), else one seeded by ``noise_seed`` (default ``seed + 1``). One
     optimizer state (``cfg.new_optimizer()``) serves all steps; step t (0-based) runs at
     ``scheduled_lr(cfg.lr, cfg.lr_schedule, step=t, steps=steps)``.
     """
     device = data.y.device
     sampler = sampler or BatchSampler(data.num_rows, seed=seed)
-    noise_generator = torch.Generator(device=device).manual_seed(
-        seed + 1 if noise_seed is None else noise_seed
-    )
+    if noise_generator is None:
+        noise_generator = torch.Generator(device=device).manual_seed(
+            seed + 1 if noise_seed is None else noise_seed
+        )
     sample_rate = batch_size / data.num_rows
     optimizer = cfg.new_optimizer()
     bounds = epoch_boundaries(steps=steps, epochs=epochs)

@@ -9,7 +9,6 @@ Privacy contract: nothing here reads original rows except :func:`resolve_c_h` un
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Sequence
 
 import torch
@@ -181,16 +180,18 @@ def step_config_for(
     )
 
 
-def rng_seeds(*, seed: int, secure_rng: bool) -> tuple[int, int, str]:
+def rng_seeds(*, seed: int, secure_rng: bool) -> tuple[int | None, int | None, str]:
     """(sampler seed, noise seed, what the record says of them).
 
-    ``--secure_rng`` draws both from OS entropy and they are never recorded: the Poisson batches and
-    the noise are then unknown to anyone, which subsampling amplification and the Gaussian mechanism
-    both assume. Otherwise they follow ``--seed`` (experiment mode): reproducible, and anyone who
-    knows the seed can replay training for each candidate value of a row, so no ε holds.
+    ``--secure_rng``: no seeds (None, None); the run's sampler and noise generators are then filled
+    from OS entropy (:func:`fusiondp.mechanism.randomness.os_entropy_generator`, the whole Mersenne
+    Twister state, not a 32-bit seed) and nothing of them is recorded: the Poisson batches and the
+    noise are unknown to anyone, which subsampling amplification and the Gaussian mechanism both
+    assume. Otherwise they follow ``--seed`` (experiment mode): reproducible, and anyone who knows the
+    seed can replay training for each candidate value of a row, so no ε holds.
     """
     if secure_rng:
-        return secrets.randbits(62), secrets.randbits(62), "secure"
+        return None, None, "secure"
     return seed, seed + 1, "seeded"
 
 

@@ -23,7 +23,9 @@ from fusiondp.experiment.records import build_record
 from fusiondp.experiment.results import append_record, find_run
 from fusiondp.mechanism.accounting import check_sample_rate, num_steps
 from fusiondp.mechanism.modes import get_mode
+from fusiondp.mechanism.randomness import os_entropy_generator
 from fusiondp.mechanism.scaling import ScalingPlan
+from fusiondp.mechanism.scope import mask_size, sensitive_input_mask
 from fusiondp.mechanism.step import LossFn, per_example_method
 
 
@@ -51,9 +53,10 @@ def pretrain(
     *,
     sampler: BatchSampler,
     loss_fn: LossFn,
-) -> tuple[dict, float]:
-    """Public pretraining of ``model`` (``--pretrain_epochs`` of sgd_hybrid at ``--pretrain_lr``):
-    (what the record says of it, with its per-epoch evaluation log; its training seconds).
+) -> dict:
+    """Public pretraining of ``model`` (``--pretrain_epochs`` of sgd_hybrid at ``--pretrain_lr``); what
+    the record says of it: its settings, per-epoch evaluation log and seconds (``train_seconds`` and
+    ``seconds_per_epoch`` of the record are the DP phase's alone).
 
     Privacy contract: reads the hybrid view and labels only (:func:`public_pretraining`).
     """
@@ -79,9 +82,21 @@ def pretrain(
         "steps": steps,
         "lr": config.pretrain_lr_used,
         "batch_size": config.batch_size,
+        "seconds": seconds,
         "log": log,
     }
-    return summary, seconds
+    return summary
+
+
+def restricted_scope(config: RunConfig, model: nn.Module, data: TrainingData) -> dict:
+    """The private term's mask for ``--private_scope`` (public: it names the sensitive input columns)."""
+    sensitive = getattr(data, "sensitive_features", None)
+    if sensitive is None:
+        raise ValueError(
+            f"--private_scope {config.private_scope_used} needs tabular data with sensitive input columns; "
+            f"this run's data ({type(data).__name__}) has none: leave the flag out."
+        )
+    return sensitive_input_mask(model, num_features=data.num_features, sensitive_features=sensitive)
 
 
 def run_experiment(
@@ -135,10 +150,13 @@ def run_experiment(
 
     model = build_model().to(device)
     sampler_seed, noise_seed, rng = rng_seeds(seed=config.seed, secure_rng=config.secure_rng)
-    sampler = BatchSampler(n, seed=sampler_seed)
-    pretraining, pretrain_seconds = {}, 0.0
+    pretraining = {}
     if config.pretrain_epochs_used:
-        pretraining, pretrain_seconds = pretrain(config, model, data, sampler=sampler, loss_fn=loss_fn)
+        # Its own sampler, from --seed: pretraining reads public rows only and its log is published, so
+        # it must not draw from (and reveal) the DP steps' secret stream.
+        pretraining = pretrain(
+            config, model, data, sampler=BatchSampler(n, seed=config.seed), loss_fn=loss_fn
+        )
     c_h, c_h_source = resolve_c_h(
         mode,
         model,
@@ -150,7 +168,15 @@ def run_experiment(
     )
     alpha, alpha_rule = private_weight(config, mode, privacy=privacy)
     cfg = step_config_for(config, mode, privacy=privacy, c_h=c_h, alpha=alpha)
-    if mode.private_loss is not None:
+    scope_fields = {}
+    if config.private_scope_used != "all":
+        mask = restricted_scope(config, model, data)
+        method, method_reason = "vmap", f"--private_scope {config.private_scope_used} (vmap path only)"
+        cfg = dataclasses.replace(
+            cfg, per_example=method, private_scope=config.private_scope_used, private_mask=mask
+        )
+        scope_fields = {"private_scope": config.private_scope_used, "private_coordinates": mask_size(mask)}
+    elif mode.private_loss is not None:
         method, method_reason = per_example_method(model, config.per_example)
         cfg = dataclasses.replace(cfg, per_example=method)
         if method == "vmap" and config.per_example == "auto":
@@ -172,10 +198,10 @@ def run_experiment(
         evaluate=data.evaluate,
         progress=not config.no_progress,
         noise_seed=noise_seed,
-        sampler=sampler,
+        sampler=BatchSampler(n, generator=os_entropy_generator()) if rng == "secure" else None,
+        noise_generator=os_entropy_generator(device) if rng == "secure" else None,
     )
-    del sampler_seed, noise_seed, sampler  # never recorded
-    train_seconds += pretrain_seconds
+    del sampler_seed, noise_seed  # never recorded
     final_fields = final_evaluation(model, data) if final_evaluation else {}
     outside, draws_dp_noise, stats_epsilon = outside_guarantee_reasons(
         config, mode, scaling, rng=rng, given=outside_guarantee
@@ -206,6 +232,7 @@ def run_experiment(
         extra_record={
             **tuning_summary(config, privacy),
             **({"public_pretraining": pretraining} if pretraining else {}),
+            **scope_fields,
             **(extra_record or {}),
             **final_fields,
         },

@@ -75,8 +75,8 @@ def search_space(
     spec = get_mode(mode)
     if pretraining and not spec.allows_pretraining:
         raise ValueError(
-            f"mode {mode!r} cannot be pretrained on public rows (it is "
-            f"{'sample-level DP' if spec.private else 'not a DP mode'}); tune pretrain_dpsgd instead of dpsgd."
+            f"mode {mode!r} cannot be pretrained on the hybrid rows (sample-level DP, a noise-view baseline "
+            "or not a DP mode); tune pretrain_dpsgd for a warm-started DP-SGD."
         )
     space: Space = dict(COMMON)
     if spec.private_loss == "difference":

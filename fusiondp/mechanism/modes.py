@@ -44,9 +44,11 @@ class ModeSpec:
     @property
     def allows_pretraining(self) -> bool:
         """Whether public pretraining (noise-free SGD on every row's hybrid view and label) keeps the
-        mode's guarantee: only for DP modes whose guarantee is feature-level already, never for the
-        sample-level (add/remove) dpsgd, nor for the non-private modes."""
-        return self.private and self.relation != ADD_REMOVE
+        mode's guarantee and meaning: only for DP modes whose guarantee is feature-level already (never
+        the sample-level, add/remove dpsgd, nor the non-private modes), and not for the baselines whose
+        public view is the noise view (feature-dp, naive_fusion_pub): they stand for training without
+        the foundation model's imputations, which pretraining on the hybrid rows would bring in."""
+        return self.private and self.relation != ADD_REMOVE and self.public_view != NOISE
 
     def weights(self, *, alpha: float, mix_weight: float) -> tuple[float, float]:
         """(w_pub, w_priv) of ``g = w_pub · g_pub + w_priv · g_priv``.

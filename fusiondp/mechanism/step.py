@@ -28,9 +28,9 @@ exactly zero private term, the condition for the zero-out sensitivity C.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,11 @@ class StepConfig:
     optimizer: str = "sgd"  # "sgd" (the reference), "momentum" or "adam" (fusiondp.mechanism.optim)
     momentum: float = DEFAULT_MOMENTUM  # used by "momentum" only
     lr_schedule: str = "constant"  # or "cosine": lr decays to 0 over the run's T steps (the loop's)
+    private_scope: str = "all"  # or "sensitive_inputs": the private term lives on ``private_mask`` only
+    private_mask: Mapping[str, Tensor] | None = field(default=None, compare=False, repr=False)
+    """0/1 per coordinate of every trainable parameter (:func:`fusiondp.mechanism.scope.sensitive_input_mask`):
+    each per-example private gradient is multiplied by it before clipping and the noise is drawn on its
+    ones only. Public (it names which input columns are sensitive), so it costs no privacy."""
 
     def __post_init__(self) -> None:
         if self.per_example not in ("bookkeeping", "vmap"):
@@ -86,6 +91,14 @@ class StepConfig:
             raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        if (self.private_scope != "all") != (self.private_mask is not None):
+            raise ValueError(
+                f"private_scope {self.private_scope!r} needs a private_mask exactly when it is not 'all'."
+            )
+        if self.private_mask is not None and self.per_example != "vmap":
+            raise ValueError(
+                "a restricted private term (private_mask) runs on the vmap per-example path only."
+            )
 
     def new_optimizer(self) -> Optimizer:
         """A fresh optimizer state for a run with this configuration (the loop makes one per run)."""
@@ -219,6 +232,8 @@ def clipped_private_sum(
         per_example = per_example_gradients(
             model, x_private, x_reference, y, loss_fn=loss_fn, reg_weight=cfg.reg_weight, c_h=cfg.c_h
         )
+        if cfg.private_mask is not None:  # restricted before the norm: the clipped vector is the masked one
+            per_example = {k: g * cfg.private_mask[k] for k, g in per_example.items()}
         return clip_and_accumulate(per_example, max_grad_norm=cfg.max_grad_norm)
     reason = unsupported_reason(model)
     if reason is not None:
@@ -290,6 +305,10 @@ def private_gradient(
         else:
             summed, norms = clipped_private_sum(model, x_private, x_reference, y, cfg=cfg, loss_fn=loss_fn)
     noised = add_noise(summed, std=cfg.noise_multiplier * cfg.max_grad_norm, generator=generator)
+    if (
+        cfg.private_mask is not None
+    ):  # outside the mask the clipped sum is exactly 0: no noise is needed there
+        noised = {k: g * cfg.private_mask[k] for k, g in noised.items()}
     divisor = max(batch_size, 1) if cfg.divide_by_realised_batch else cfg.expected_batch_size
     return {k: g / divisor for k, g in noised.items()}, norms
 

@@ -7,7 +7,6 @@ for the splits an ``impute_<dataset>.py`` wrote, :func:`run_imputed_tabular`) wi
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +21,7 @@ from fusiondp.experiment.records import print_summary
 from fusiondp.experiment.run import run_experiment
 from fusiondp.mechanism.accounting import ADD_REMOVE
 from fusiondp.mechanism.modes import NOISE, get_mode
+from fusiondp.mechanism.randomness import os_entropy_generator
 from fusiondp.mechanism.scaling import (
     ScalingPlan,
     check_bounds,
@@ -79,12 +79,14 @@ def plan_tabular_scaling(
         wanted = {c: bounds[c] for c in numeric_sensitive if c in bounds}
         check_bounds(bounds, numeric_sensitive)
         check_bounds_cover_public(wanted, public_rows, what="hybrid and support rows")
-        seed = secrets.randbits(62) if config.secure_rng else config.seed + 3
+        generator = (
+            os_entropy_generator() if config.secure_rng else torch.Generator().manual_seed(config.seed + 3)
+        )
         stats = dp_statistics(
             original,
             bounds=wanted,
             noise_multiplier=config.scaling_noise_multiplier,
-            generator=torch.Generator().manual_seed(seed),
+            generator=generator,
         )
         description = (
             f"Gaussian-mechanism estimate from the {len(original)} training rows' original values "
