@@ -209,26 +209,39 @@ def number_of_trials(args: argparse.Namespace) -> int:
     return trials.draw(np.random.default_rng(seed))
 
 
-def drawn_trials(args: argparse.Namespace) -> int | None:
-    """K of a study started before (read back from its journal), or None for a new study."""
+def drawn_trials(args: argparse.Namespace) -> dict[str, int]:
+    """K of each mode whose study was drawn before (read back from the journal; absent: a new study)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     journal = study_folder(args) / "optuna.journal"
     if not journal.exists():
-        return None
+        return {}
     storage = JournalStorage(JournalFileBackend(str(journal)))
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    found = {
-        names[study_name(args, m)].user_attrs.get("trials")
-        for m in args.modes
-        if study_name(args, m) in names
-    }
-    found.discard(None)
-    if len(found) > 1:
-        raise SystemExit(f"the studies in {journal} were drawn with different K: start a new results folder")
-    return found.pop() if found else None
+    drawn = {}
+    for mode in args.modes:
+        attrs = names[study_name(args, mode)].user_attrs if study_name(args, mode) in names else {}
+        if attrs.get("candidates_drawn"):
+            drawn[mode] = attrs["trials"]
+    return drawn
+
+
+def trials_per_mode(args: argparse.Namespace) -> dict[str, int]:
+    """K of every mode: read back for a study drawn before, else drawn now. A secure honest study draws
+    each mode's K independently (each mode's winner is its own release: with one shared K, every released
+    score would be evidence about the same K). Elsewhere one K serves every mode (a paired experiment)."""
+    drawn = drawn_trials(args)
+    if args.protocol == "honest" and secure_study(args):
+        return {mode: drawn[mode] if mode in drawn else number_of_trials(args) for mode in args.modes}
+    shared = set(drawn.values())
+    if len(shared) > 1:
+        raise SystemExit(
+            f"the studies in {study_folder(args)} were drawn with different K: start a new results folder"
+        )
+    k = shared.pop() if shared else number_of_trials(args)
+    return dict.fromkeys(args.modes, k)
 
 
 def study_folder(args: argparse.Namespace) -> Path:
@@ -280,6 +293,11 @@ def open_study(args: argparse.Namespace, mode: str, k: int):
                 f"study {name} in {args.results} was drawn with K={study.user_attrs['trials']}, not {k}"
             )
         return study
+    if study.get_trials(deepcopy=False):
+        # A start stopped while drawing (no run has started: runs follow the complete draw): draw again
+        # from scratch, never K more on top of what was drawn.
+        optuna.delete_study(study_name=name, storage=storage)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
     space = space_of(args, mode)
     hidden = args.protocol == "honest" and secure_study(args)
     for _ in range(k):
@@ -360,17 +378,20 @@ def main(args: argparse.Namespace) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     args.logs = str(Path(args.logs) if args.logs else results / "logs")
     args.poll = args.poll if args.poll is not None else 0.5
-    k = drawn_trials(args) or number_of_trials(args)
+    ks = trials_per_mode(args)
     metric = args.select.replace("val_", "test_", 1)
     hidden = args.protocol == "honest" and secure_study(args)
-    shown = "K secret (OS entropy)" if hidden else f"K = {k} (study seed {args.study_seed})"
+    k_shown = next(iter(ks.values())) if ks else 0
+    shown = (
+        "K secret (OS entropy, one per mode)" if hidden else f"K = {k_shown} (study seed {args.study_seed})"
+    )
     print(f"{args.protocol} protocol, {shown} trial(s) per mode, winner by {args.select}, results in {results}",
           file=sys.stderr)  # fmt: skip
     if args.protocol == "honest" and len(args.seeds) > 1:
         print("honest protocol: the release is the winning trial itself; --seeds beyond the first are not run "
               "(each rerun would be another private release outside the tuned total)", file=sys.stderr)  # fmt: skip
     started = time.time()
-    studies = {mode: open_study(args, mode, k) for mode in args.modes}
+    studies = {mode: open_study(args, mode, ks[mode]) for mode in args.modes}
 
     # 1. Every trial without a result, all modes together (a resumed study runs only those).
     pending = []
@@ -408,9 +429,12 @@ def main(args: argparse.Namespace) -> dict:
     finals, summary, best_tags = [], {}, {}
     for mode, study in studies.items():
         done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        if len(done) < k:
-            print(f"{mode}: {k - len(done)} trial(s) failed (see {args.logs}); run the study again to retry them",
-                  file=sys.stderr)  # fmt: skip
+        if len(done) < ks[mode]:
+            print(f"{mode}: {ks[mode] - len(done)} trial(s) failed (see {args.logs}); run the study again to retry "
+                  "them", file=sys.stderr)  # fmt: skip
+            continue
+        if not done:  # K = 0 (Poisson): the mechanism's output is "nothing released"
+            summary[mode_label(args, mode)] = {"released": None, "best_params": None}
             continue
         best = max(done, key=lambda t: (t.value, -t.number))
         flags = trial_flags(best, list(study.user_attrs["space"]))
@@ -426,7 +450,7 @@ def main(args: argparse.Namespace) -> dict:
     launch(args, finals)
     found = records_by_study(args.results)
     for mode, study in studies.items():
-        if mode_label(args, mode) not in summary:
+        if mode not in best_tags:
             continue
         trial_records = [
             r for n, rs in found.items() if n.startswith(f"{study.study_name}/trial") for r in rs
@@ -445,16 +469,18 @@ def main(args: argparse.Namespace) -> dict:
         }
         if args.protocol == "idealised":  # the honest release is the winner alone: nothing of the others
             summary[mode_label(args, mode)] |= {
-                "trials": k,
+                "trials": ks[mode],
                 f"trials_{metric}": summarise([r[metric] for r in trial_records]),
             }
     summary["_study"] = {"dataset": args.dataset, "protocol": args.protocol, "secure": secure_study(args),
                          "study_seed": None if secure_study(args) else args.study_seed,
                          "select": args.select, "seeds": args.seeds if args.protocol == "idealised" else args.seeds[:1],
-                         "extra": args.extra, "minutes_this_start": (time.time() - started) / 60,
-                         "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
-    if not hidden:
-        summary["_study"]["trials"] = k
+                         "extra": args.extra, "command": shlex.join([Path(sys.executable).name, *sys.argv])}  # fmt: skip
+    minutes = (time.time() - started) / 60
+    if hidden:  # the study's wall time over one trial's time is K: the operator sees it, the summary does not
+        print(f"study time this start: {minutes:.1f} min", file=sys.stderr)
+    else:
+        summary["_study"] |= {"trials": k_shown, "minutes_this_start": minutes}
     summary = merged_summary(study_folder(args) / "summary.json", summary)
     (study_folder(args) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(table(summary, metric))
@@ -494,6 +520,11 @@ def table(summary: dict, metric: str) -> str:
         ]
     for mode, row in summary.items():
         if mode.startswith("_"):
+            continue
+        if "released" in row and row["released"] is None:
+            lines.append(
+                f"| {mode} | - | - | nothing released (K = 0) |" if honest else f"| {mode} | - | - | - |"
+            )
             continue
         final = row[f"final_{metric}"]
         per_run = "-" if row["epsilon_per_run"] is None else f"{row['epsilon_per_run']:.3g}"

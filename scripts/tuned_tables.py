@@ -67,6 +67,8 @@ def load_studies(folders: list[Path], metric: str) -> tuple[str, dict]:
         for mode, row in summary.items():
             if mode.startswith("_"):
                 continue
+            if "released" in row and row["released"] is None:  # an honest study that drew K = 0
+                continue
             final = row.get(f"final_{metric}")
             if final is None:
                 raise SystemExit(f"{path}: no final_{metric} for {mode} (summarised with another metric?)")

@@ -190,7 +190,8 @@ def test_the_private_terms_dropout_stream_is_not_a_32_bit_seed(monkeypatch):
 
     Fix: fill the forked global generator's whole state (e.g. ``set_state`` of an
     ``os_entropy_generator()``'s state, or 624 words drawn from ``generator``), as ``os_entropy_generator``
-    does for the sampler and the noise.
+    does for the sampler and the noise. Done for secure runs (``StepConfig.secure_streams``, 624 words
+    drawn from the secret noise generator); seeded runs keep their one-draw seed and their numbers.
     """
     from fusiondp.mechanism.randomness import os_entropy_generator
     from fusiondp.mechanism.step import _own_random_stream
@@ -199,7 +200,7 @@ def test_the_private_terms_dropout_stream_is_not_a_32_bit_seed(monkeypatch):
     probe = torch.Generator()
     probe.set_state(g.get_state())
     seed = int(torch.randint(0, 2**62, (1,), generator=probe))
-    with _own_random_stream(g, torch.device("cpu")):
+    with _own_random_stream(g, torch.device("cpu"), full_state=True):  # what a --secure_rng run uses
         inside = torch.rand(64)
     assert not torch.equal(inside, torch.rand(64, generator=torch.Generator().manual_seed(seed % 2**32))), (
         "the private term's dropout stream is the stream of a 32-bit seed"

@@ -184,6 +184,7 @@ def run_experiment(
     else:
         method, method_reason = None, "no private term"
 
+    cfg = dataclasses.replace(cfg, secure_streams=rng == "secure")
     log, train_seconds = train(
         model,
         data,

@@ -38,6 +38,7 @@ from torch.func import functional_call, grad, vmap
 
 from fusiondp.mechanism.clipping import METHODS, clip_factors, clipped_sum, excluding, unsupported_reason
 from fusiondp.mechanism.optim import DEFAULT_MOMENTUM, LR_SCHEDULES, OPTIMIZERS, Optimizer
+from fusiondp.mechanism.randomness import derived_state
 from fusiondp.mechanism.regularizer import consistency_penalty
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -68,6 +69,7 @@ class StepConfig:
     optimizer: str = "sgd"  # "sgd" (the reference), "momentum" or "adam" (fusiondp.mechanism.optim)
     momentum: float = DEFAULT_MOMENTUM  # used by "momentum" only
     lr_schedule: str = "constant"  # or "cosine": lr decays to 0 over the run's T steps (the loop's)
+    secure_streams: bool = False  # --secure_rng: the private term's forked stream gets a whole secret state
     private_scope: str = "all"  # or "sensitive_inputs": the private term lives on ``private_mask`` only
     private_mask: Mapping[str, Tensor] | None = field(default=None, compare=False, repr=False)
     """0/1 per coordinate of every trainable parameter (:func:`fusiondp.mechanism.scope.sensitive_input_mask`):
@@ -268,17 +270,26 @@ def per_example_method(model: nn.Module, requested: str) -> tuple[str, str]:
 
 
 @contextmanager
-def _own_random_stream(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+def _own_random_stream(
+    generator: torch.Generator, device: torch.device, *, full_state: bool = False
+) -> Iterator[None]:
     """Run the block on a forked global RNG, seeded by one draw from ``generator``.
 
     Dropout inside the per-example private term draws from the global RNG, and how many numbers it
     draws depends on the batch's padded width, which for notes depends on the ORIGINAL notes'
     lengths. Forking keeps those draws from shifting the global stream that the noise-free public
     term uses next; the seed costs exactly one draw of ``generator`` per step, whatever the data.
+    ``full_state`` (secure runs): the forked CPU stream's whole Mersenne Twister state is drawn from
+    ``generator`` (625 draws a step), since ``manual_seed`` keeps 32 bits of a seed; seeded runs keep
+    the one-draw seed, so their numbers do not move.
     """
+    state = derived_state(generator) if full_state else None  # a secure run: a whole secret CPU state
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.random.default_generator.manual_seed(seed)
+        if state is not None:
+            torch.random.default_generator.set_state(state)
+        else:
+            torch.random.default_generator.manual_seed(seed)
         if device.type == "cuda":
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
@@ -298,7 +309,7 @@ def private_gradient(
     """g_priv = (Σ_i clip_C(∇L_i) + N(0, σ²C²)) / b for one Poisson batch (which may be empty)."""
     params = trainable_params(model)
     batch_size = x_private.shape[0]
-    with _own_random_stream(generator, x_private.device):
+    with _own_random_stream(generator, x_private.device, full_state=cfg.secure_streams):
         if batch_size == 0:
             summed = {k: torch.zeros_like(p) for k, p in params.items()}
             norms = x_private.new_zeros(0)
