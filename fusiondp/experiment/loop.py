@@ -119,8 +119,9 @@ def train(
 ) -> tuple[list[dict], float]:
     """Run exactly ``steps`` steps; return the per-epoch log and the training seconds (eval excluded).
 
-    Batches come from ``sampler`` (default: a new one seeded by ``seed``; a run that pretrains passes
-    the one its pretraining drew from, so the two phases read one stream).
+    Batches come from ``sampler`` (default: a new one seeded by ``seed``; a secure run passes one filled
+    from OS entropy). Public pretraining has its own sampler, seeded by ``--seed``: its log is published,
+    so it never draws from the DP steps' secret stream.
     The DP noise comes from its own generator: ``noise_generator`` (a secure run's, filled from OS
     entropy), else one seeded by ``noise_seed`` (default ``seed + 1``). One
     optimizer state (``cfg.new_optimizer()``) serves all steps; step t (0-based) runs at
