@@ -64,15 +64,13 @@ def _honest_args(tune, tmp_path: Path, *extra: str):
     )
 
 
-def _fake_study(tune, monkeypatch, tmp_path: Path):
-    """Run tune.main with a launcher that writes the records an honest trial writes (σ from the real
-    calibration, ε from the real accounting), without training: the study's bookkeeping is what is
-    under test."""
+def fake_honest_launcher(launched: list) -> tuple:
+    """(a launcher that writes the record each honest trial writes, without training; the trials' σ
+    setting): σ from the real calibration, ε from the real accounting. Shared with test_redteam6."""
     ((sigma),) = calibrate_for_tuning(
         [(SEPSIS_Q, SEPSIS_T)], epsilon=EPSILON, delta=DELTA, trials=TrialCount(mean=4.0)
     ).values()
     setting = RunSetting(sigma, SEPSIS_Q, SEPSIS_T)
-    launched: list = []
     rng = np.random.default_rng(0)
 
     def fake_launch(args, runs):
@@ -98,6 +96,13 @@ def _fake_study(tune, monkeypatch, tmp_path: Path):
             (Path(args.results) / name).write_text(json.dumps(record))
         return []
 
+    return fake_launch, setting
+
+
+def _fake_study(tune, monkeypatch, tmp_path: Path):
+    """Run tune.main with :func:`fake_honest_launcher`: the study's bookkeeping is what is under test."""
+    launched: list = []
+    fake_launch, setting = fake_honest_launcher(launched)
     monkeypatch.setattr(tune, "launch", fake_launch)
     args = _honest_args(tune, tmp_path)
     summary = tune.main(args)

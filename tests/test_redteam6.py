@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import load_script
-from test_redteam4 import DELTA, EPSILON, SEPSIS_Q, SEPSIS_T
+from test_redteam4 import EPSILON, fake_honest_launcher
 
-from fusiondp.mechanism.tuning import RunSetting, TrialCount, calibrate_for_tuning, tuned_epsilon
+from fusiondp.mechanism.tuning import TrialCount
 
 
 def _secure_honest_args(tune, tmp_path: Path, *study_flags: str, modes=("dpsgd",)):
@@ -28,32 +27,7 @@ def _secure_honest_args(tune, tmp_path: Path, *study_flags: str, modes=("dpsgd",
 
 def _fake_launch(launched: list):
     """A launcher that writes the record each honest trial writes (no training)."""
-    ((sigma),) = calibrate_for_tuning(
-        [(SEPSIS_Q, SEPSIS_T)], epsilon=EPSILON, delta=DELTA, trials=TrialCount(mean=4.0)
-    ).values()
-    setting = RunSetting(sigma, SEPSIS_Q, SEPSIS_T)
-    rng = np.random.default_rng(0)
-
-    def launch(args, runs):
-        for run in runs:
-            flags = dict(zip(run.flags[::2], run.flags[1::2], strict=False))
-            launched.append(run)
-            record = {
-                "tuning_study": flags["--tuning_study"],
-                "tuning_protocol": "honest",
-                "val_aupr": float(rng.uniform()),
-                "test_aupr": float(rng.uniform()),
-                "sigma": sigma,
-                "epsilon_spent": 1.0,
-                "epsilon_with_tuning": tuned_epsilon([setting], delta=DELTA, trials=TrialCount(mean=4.0)),
-                "cost_of_tuning": "counted",
-                "rng": "secure",
-            }
-            name = flags["--tuning_study"].replace("/", "_") + f"_{len(launched)}.json"
-            (Path(args.results) / name).write_text(json.dumps(record))
-        return []
-
-    return launch
+    return fake_honest_launcher(launched)[0]
 
 
 def _modes_of(launched) -> dict[str, int]:
