@@ -302,6 +302,12 @@ def report(record: dict) -> str:
             "columns, imputed sensitive values and label, never an original sensitive value, so the "
             "feature-level guarantee above covers it and no sample-level guarantee holds."
         )
+    if record.get("alpha_warmup"):
+        lines.append(
+            f"Private weight warm-up: alpha rises from 0 to {record.get('alpha_used'):.4g} over the first "
+            f"{record['alpha_warmup']:g} of the steps; a public schedule applied after the noise "
+            "(post-processing), so σ and ε above are unchanged."
+        )
     lines += tuning_lines(record)
     holds, outside = guarantee_status(record)
     lines.append(

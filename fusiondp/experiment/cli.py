@@ -116,6 +116,15 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
     )
 
     g.add_argument(
+        "--alpha_warmup",
+        type=float,
+        default=None,
+        help="split modes: the private weight alpha rises linearly from 0 to its value over this fraction "
+        "of the run's T steps (in [0, 1]): the public term alone at first, so the objective moves from the "
+        "hybrid rows' loss towards the original rows' as training goes on. A public schedule applied after "
+        "the noise: no privacy cost (default: 0, alpha constant)",
+    )
+    g.add_argument(
         "--private_scope",
         default=None,
         choices=PRIVATE_SCOPES,

@@ -30,7 +30,7 @@ from fusiondp.mechanism.tuning import TrialCount
 OMITTED_WHEN_UNSET = frozenset(
     {"mix_weight", "optimizer", "momentum", "lr_schedule", "sensitive_scale",
      "tuning_protocol", "tuning_trials", "tuning_mean_trials", "tuning_eta", "tuning_study",
-     "pretrain_epochs", "pretrain_lr", "private_scope"}
+     "pretrain_epochs", "pretrain_lr", "private_scope", "alpha_warmup"}
 )  # fmt: skip
 """Flags added after records existed: left out of the settings while unset, so that a run without them
 has the same settings (and skip-matching) as before the flag existed."""
@@ -93,6 +93,7 @@ class RunConfig:
     pretrain_epochs: float | None = None
     pretrain_lr: float | None = None
     private_scope: str | None = None
+    alpha_warmup: float | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
     """The script's own flags, by name (``data_dir``, ``one_hot``, ...), as parsed."""
     order: tuple[str, ...] = field(default=(), compare=False, repr=False)
@@ -193,6 +194,11 @@ class RunConfig:
         return self.private_scope or "all"
 
     @property
+    def alpha_warmup_used(self) -> float:
+        """``--alpha_warmup``, or 0 (the private weight constant, the reference) when unset."""
+        return 0.0 if self.alpha_warmup is None else self.alpha_warmup
+
+    @property
     def pretrain_epochs_used(self) -> float:
         """Epochs of public pretraining: ``--pretrain_epochs``; unset, ``--epochs`` for a mode that
         always pretrains (pretrain_dpsgd) and none for the others."""
@@ -262,6 +268,16 @@ class RunConfig:
         ):
             raise ValueError(f"--sensitive_scale must be finite and > 0, got {self.sensitive_scale!r}.")
         self._validate_pretraining()
+        if self.alpha_warmup is not None:
+            if not (math.isfinite(self.alpha_warmup) and 0 <= self.alpha_warmup <= 1):
+                raise ValueError(
+                    f"--alpha_warmup is a fraction of the run's steps, in [0, 1]; got {self.alpha_warmup!r}."
+                )
+            if get_mode(self.mode).private_loss != "difference":
+                raise ValueError(
+                    f"--alpha_warmup ramps up the split modes' private weight alpha; mode {self.mode!r} has no "
+                    f"such weight (got --alpha_warmup {self.alpha_warmup!r})."
+                )
         if self.private_scope is not None:
             if self.private_scope not in PRIVATE_SCOPES:
                 raise ValueError(

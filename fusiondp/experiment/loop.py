@@ -5,7 +5,8 @@ probability q = b/N), as the accountant assumes, and their public batch uniforml
 replacement; the non-private modes use shuffled batches of exactly b rows. Every mode runs exactly
 T = round(epochs · N / b) steps and is evaluated on every val and test row at each epoch boundary.
 The run's optimizer state (``cfg.optimizer``: momentum buffer, Adam's moments) is made here once and
-kept across the T steps; step t's learning rate follows ``cfg.lr_schedule`` over those T steps.
+kept across the T steps; step t's learning rate follows ``cfg.lr_schedule`` over those T steps, and
+the split modes' private weight ``cfg.alpha_warmup``'s ramp.
 
 The loop reads its data through the small :class:`TrainingData` protocol, so tables
 (:class:`fusiondp.tabular.data.TabularData`) and notes share it, and with it the one DP step.
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fusiondp.mechanism.modes import ModeSpec, get_mode
-from fusiondp.mechanism.optim import scheduled_lr
+from fusiondp.mechanism.optim import scheduled_lr, warmed_up_weight
 from fusiondp.mechanism.step import LossFn, StepConfig, fusion_step
 
 Evaluator = Callable[[nn.Module], dict[str, dict[str, float]]]
@@ -125,7 +126,8 @@ def train(
     The DP noise comes from its own generator: ``noise_generator`` (a secure run's, filled from OS
     entropy), else one seeded by ``noise_seed`` (default ``seed + 1``). One
     optimizer state (``cfg.new_optimizer()``) serves all steps; step t (0-based) runs at
-    ``scheduled_lr(cfg.lr, cfg.lr_schedule, step=t, steps=steps)``.
+    ``scheduled_lr(cfg.lr, cfg.lr_schedule, step=t, steps=steps)`` with private weight
+    ``warmed_up_weight(cfg.w_priv, warmup=cfg.alpha_warmup, step=t, steps=steps)``.
     """
     device = data.y.device
     sampler = sampler or BatchSampler(data.num_rows, seed=seed)
@@ -165,8 +167,16 @@ def train(
             else:
                 (batch["x_private"],) = data.batch(["original"], rows)
         lr = scheduled_lr(cfg.lr, cfg.lr_schedule, step=step - 1, steps=steps)
+        w_priv = warmed_up_weight(cfg.w_priv, warmup=cfg.alpha_warmup, step=step - 1, steps=steps)
         fusion_step(
-            model, **batch, cfg=cfg, loss_fn=loss_fn, generator=noise_generator, optimizer=optimizer, lr=lr
+            model,
+            **batch,
+            cfg=cfg,
+            loss_fn=loss_fn,
+            generator=noise_generator,
+            optimizer=optimizer,
+            lr=lr,
+            w_priv=w_priv,
         )
         bar.update(1)
         if step in bounds:

@@ -177,6 +177,8 @@ def step_config_for(
         optimizer=config.optimizer_used,
         momentum=config.momentum_used,
         lr_schedule=config.lr_schedule_used,
+        # Public pretraining (sgd_hybrid's step, built from a split mode's config) has no private weight.
+        alpha_warmup=config.alpha_warmup_used if mode.private_loss == "difference" else 0.0,
     )
 
 

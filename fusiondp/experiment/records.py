@@ -114,6 +114,7 @@ def build_record(
         "alpha": config.alpha,
         "alpha_used": step.w_priv if mode.private_loss == "difference" else None,
         "alpha_rule": alpha_rule,
+        "alpha_warmup": step.alpha_warmup if mode.private_loss == "difference" else None,
         "max_private_noise": config.max_private_noise,
         "beta": config.beta,
         "beta_meaning": config.beta_meaning,

@@ -69,6 +69,7 @@ class StepConfig:
     optimizer: str = "sgd"  # "sgd" (the reference), "momentum" or "adam" (fusiondp.mechanism.optim)
     momentum: float = DEFAULT_MOMENTUM  # used by "momentum" only
     lr_schedule: str = "constant"  # or "cosine": lr decays to 0 over the run's T steps (the loop's)
+    alpha_warmup: float = 0.0  # w_priv rises from 0 over this fraction of the T steps (the loop's)
     secure_streams: bool = False  # --secure_rng: the private term's forked stream gets a whole secret state
     private_scope: str = "all"  # or "sensitive_inputs": the private term lives on ``private_mask`` only
     private_mask: Mapping[str, Tensor] | None = field(default=None, compare=False, repr=False)
@@ -93,6 +94,12 @@ class StepConfig:
             raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+        if not 0 <= self.alpha_warmup <= 1:
+            raise ValueError(f"--alpha_warmup must lie in [0, 1], got {self.alpha_warmup!r}.")
+        if self.alpha_warmup and self.private_loss != "difference":
+            raise ValueError(
+                f"--alpha_warmup schedules the split modes' private weight; private_loss is {self.private_loss!r}."
+            )
         if (self.private_scope != "all") != (self.private_mask is not None):
             raise ValueError(
                 f"private_scope {self.private_scope!r} needs a private_mask exactly when it is not 'all'."
@@ -357,6 +364,7 @@ def fusion_step(
     generator: torch.Generator,
     optimizer: Optimizer | None = None,
     lr: float | None = None,
+    w_priv: float | None = None,
 ) -> dict:
     """One step: g = w_pub · g_pub + w_priv · g_priv, the optimizer's update, the projection.
 
@@ -368,6 +376,8 @@ def fusion_step(
     by the caller across steps); it may be left out only for ``cfg.optimizer == "sgd"``, which has no
     state. It receives g only after the private term's noise was added (drawn on every step), so its
     state is post-processing. ``lr``: this step's learning rate (the schedule's; default ``cfg.lr``).
+    ``w_priv``: this step's private weight (``--alpha_warmup``'s; default ``cfg.w_priv``), applied to
+    the private term after its noise: a public number, post-processing.
     """
     if optimizer is None:
         if cfg.optimizer != "sgd":
@@ -389,8 +399,9 @@ def fusion_step(
         g_priv, norms = private_gradient(
             model, x_private, ref, y_private, cfg=cfg, loss_fn=loss_fn, generator=generator
         )
+        weight = cfg.w_priv if w_priv is None else w_priv
         for k, g in g_priv.items():
-            update[k] += cfg.w_priv * g
+            update[k] += weight * g
         # Only the batch size leaves this function. Statistics of the per-example norms (such as
         # the clipped fraction) are functions of the original sensitive values that bypass the noise.
         stats = {"private_batch_size": int(norms.numel())}
