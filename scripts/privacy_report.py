@@ -40,6 +40,7 @@ from fusiondp.mechanism.accounting import (
     make_privacy_spec,
     num_steps,
 )
+from fusiondp.mechanism.optim import warmup_steps
 from fusiondp.tabular.impute import QUALITY_ROWS
 
 SEEDED_REASON = "sampler and noise seeded from a recorded seed (experiment mode)"
@@ -304,9 +305,10 @@ def report(record: dict) -> str:
         )
     if record.get("alpha_warmup"):
         lines.append(
-            f"Private weight warm-up: alpha rises from 0 to {record.get('alpha_used'):.4g} over the first "
-            f"{record['alpha_warmup']:g} of the steps; a public schedule applied after the noise "
-            "(post-processing), so σ and ε above are unchanged."
+            f"Private weight warm-up (--alpha_warmup {record['alpha_warmup']:g}): alpha rises linearly to "
+            f"{record.get('alpha_used'):.4g} over the first {warmup_steps(record['alpha_warmup'], steps=record['steps'])} "
+            f"of the {record['steps']} steps; a public schedule applied after the noise (post-processing), "
+            "so σ and ε above are unchanged."
         )
     lines += tuning_lines(record)
     holds, outside = guarantee_status(record)

@@ -52,6 +52,7 @@ except ModuleNotFoundError:  # run by an interpreter without the package: say so
 import numpy as np
 
 from fusiondp.datasets import DATASETS, dataset_module, train_script_name
+from fusiondp.experiment.config import RunConfig
 from fusiondp.experiment.launch import (
     LAUNCHERS,
     Outcome,
@@ -115,12 +116,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parse_with_passthrough(get_args_parser(), argv)
 
 
-def train_flags(script: Path) -> set[str]:
-    """The flags the train script accepts (its own parser, loaded from its file as the sweep does)."""
+def train_parser(script: Path) -> argparse.ArgumentParser:
+    """The train script's own parser, loaded from its file as the sweep does."""
     spec = importlib.util.spec_from_file_location(script.stem, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {action.dest for action in module.get_args_parser()._actions}
+    return module.get_args_parser()
+
+
+def train_flags(script: Path) -> set[str]:
+    """The flags the train script accepts."""
+    return {action.dest for action in train_parser(script)._actions}
+
+
+def check_passthrough(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse up front flags after ``--`` that a studied mode's runs would refuse (e.g. a split-mode flag
+    such as --alpha_warmup with dpsgd among the modes): otherwise every trial of that mode fails at its
+    start. Checked with the train script's parser and :meth:`RunConfig.validate`, per mode."""
+    for mode in args.modes:
+        probe = ["--mode", mode, "--epsilon", str(args.epsilon), *args.extra]
+        if warm_started(args, mode):
+            probe += ["--pretrain_epochs", "1"]  # the study sets it in every trial of a warm-started mode
+        try:
+            RunConfig.from_args(parser.parse_args(probe)).validate()
+        except ValueError as err:
+            raise SystemExit(f"flags after -- ({shlex.join(args.extra)}) with mode {mode}: {err}") from None
 
 
 def passed_value(extra: list[str], flag: str, *, default: str) -> str:
@@ -373,7 +393,9 @@ def summarise(values: list[float]) -> dict:
 def main(args: argparse.Namespace) -> dict:
     script = REPO / train_script_name(args.dataset)
     resolve_modes(args)
-    check_args(args, train_flags(script))
+    parser = train_parser(script)
+    check_args(args, {action.dest for action in parser._actions})
+    check_passthrough(args, parser)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     args.logs = str(Path(args.logs) if args.logs else results / "logs")

@@ -14,7 +14,7 @@ from conftest import load_script, sepsis_args, write_sepsis_dir
 from test_step import _batch, _loop_private_sum, _model
 
 from fusiondp.experiment.config import RunConfig
-from fusiondp.mechanism.optim import warmed_up_weight
+from fusiondp.mechanism.optim import warmed_up_weight, warmup_steps
 from fusiondp.mechanism.step import StepConfig, fusion_step, public_gradient, trainable_params
 from fusiondp.models import binary_bce
 
@@ -26,14 +26,18 @@ def _run(data_dir, *flags):
     return script.main(sepsis_args(data_dir, "--epsilon", "2", "--epochs", "2", *flags))
 
 
-def test_weight_ramps_linearly_then_holds():
+def test_weight_ramps_linearly_to_alpha_then_holds():
     alpha = 1.7
     assert warmed_up_weight(alpha, warmup=0.0, step=0, steps=10) is alpha  # the reference's float itself
     ramp = [warmed_up_weight(alpha, warmup=0.5, step=t, steps=10) for t in range(10)]
-    assert ramp[0] == 0.0 and ramp[5:] == [alpha] * 5
-    assert ramp[:5] == pytest.approx([alpha * t / 5 for t in range(5)], rel=1e-15)
+    assert ramp[4:] == [alpha] * 6  # reached at step ⌈F·T⌉ − 1 = 4
+    assert ramp[:4] == pytest.approx([alpha * (t + 1) / 5 for t in range(4)], rel=1e-15)
     whole = [warmed_up_weight(alpha, warmup=1.0, step=t, steps=8) for t in range(8)]
-    assert whole == pytest.approx([alpha * t / 8 for t in range(8)], rel=1e-15)
+    assert whole == pytest.approx([alpha * (t + 1) / 8 for t in range(8)], rel=1e-15) and whole[-1] == alpha
+    assert (
+        warmed_up_weight(alpha, warmup=0.5, step=0, steps=1) == alpha
+    )  # a one-step run keeps its private term
+    assert warmup_steps(0.35, steps=10) == 4 and warmup_steps(0.0, steps=10) == 0
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match=f"got {bad}"):
             warmed_up_weight(alpha, warmup=bad, step=0, steps=10)
@@ -100,7 +104,11 @@ def test_warmup_keeps_sigma_moves_training_and_is_reported(tmp_path, sepsis_fram
     assert warm["alpha_used"] == plain["alpha_used"] and warm["alpha_warmup"] == 0.5
     assert warm["epochs_log"] != plain["epochs_log"]
     text = report.report(warm)
-    assert "Private weight warm-up: alpha rises from 0 to 2 over the first 0.5 of the steps" in text
+    ramp = -(-warm["steps"] // 2)
+    assert (
+        f"(--alpha_warmup 0.5): alpha rises linearly to 2 over the first {ramp} of the {warm['steps']} steps"
+        in text
+    )
 
 
 def test_warmup_with_public_pretraining_runs(tmp_path, sepsis_frames):

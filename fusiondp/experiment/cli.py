@@ -119,8 +119,8 @@ def add_training_args(parser: argparse.ArgumentParser, **defaults: Any) -> argpa
         "--alpha_warmup",
         type=float,
         default=None,
-        help="split modes: the private weight alpha rises linearly from 0 to its value over this fraction "
-        "of the run's T steps (in [0, 1]): the public term alone at first, so the objective moves from the "
+        help="split modes: F in [0, 1]; the private weight alpha rises linearly to its value over the first "
+        "ceil(F*T) of the run's T steps (alpha*(t+1)/ceil(F*T) at step t), so the objective moves from the "
         "hybrid rows' loss towards the original rows' as training goes on. A public schedule applied after "
         "the noise: no privacy cost (default: 0, alpha constant)",
     )

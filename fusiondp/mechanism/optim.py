@@ -52,23 +52,30 @@ def scheduled_lr(lr: float, schedule: str, *, step: int, steps: int) -> float:
     raise ValueError(f"--lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")
 
 
+def warmup_steps(warmup: float, *, steps: int) -> int:
+    """How many of ``steps`` steps the ``--alpha_warmup`` ramp lasts: ⌈F · T⌉ (0 when F = 0)."""
+    if not (math.isfinite(warmup) and 0 <= warmup <= 1):
+        raise ValueError(f"--alpha_warmup must lie in [0, 1], got {warmup!r}.")
+    return math.ceil(warmup * steps)
+
+
 def warmed_up_weight(weight: float, *, warmup: float, step: int, steps: int) -> float:
     """The private term's weight at step ``step`` (0-based) of ``steps`` under ``--alpha_warmup``.
 
     ``warmup`` = 0: ``weight`` itself (the very same float: the reference's numbers do not move).
-    ``warmup`` = F in (0, 1]: the weight rises linearly from 0 at step 0 to ``weight`` at step
-    ``F · steps`` and stays there: the public term alone at first, then the private term handed its
-    full weight, so that the objective moves from the hybrid rows' loss towards the original rows'.
-    The weight depends only on the step index and T (public), and it multiplies the private term
-    after its noise was added: post-processing, no privacy cost.
+    ``warmup`` = F in (0, 1]: over the first R = ⌈F · T⌉ steps the weight rises linearly,
+    ``weight · (t + 1) / R`` at step t, reaching ``weight`` at step R − 1 and holding it after: the
+    public term nearly alone at first, then the private term handed its full weight, so that the
+    objective moves from the hybrid rows' loss towards the original rows'. The weight depends only on
+    the step index and T (public), and it multiplies the private term after its noise was added:
+    post-processing, no privacy cost.
     """
-    if not 0 <= warmup <= 1:
-        raise ValueError(f"--alpha_warmup must lie in [0, 1], got {warmup!r}.")
+    ramp = warmup_steps(warmup, steps=steps)
     if not 0 <= step < steps:
         raise ValueError(f"step {step} outside the run's {steps} steps.")
-    if warmup == 0:
+    if ramp == 0:
         return weight
-    return weight * min(1.0, step / (warmup * steps))
+    return weight * min(1.0, (step + 1) / ramp)
 
 
 @dataclass

@@ -28,6 +28,7 @@ exactly zero private term, the condition for the zero-out sensitivity C.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -400,6 +401,13 @@ def fusion_step(
             model, x_private, ref, y_private, cfg=cfg, loss_fn=loss_fn, generator=generator
         )
         weight = cfg.w_priv if w_priv is None else w_priv
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"the private term's weight must be finite and >= 0, got {weight!r}.")
+        if weight != cfg.w_priv and cfg.private_loss != "difference":
+            raise ValueError(
+                f"a per-step private weight ({weight!r}, cfg.w_priv {cfg.w_priv!r}) schedules the split modes' "
+                f"difference term only; private_loss is {cfg.private_loss!r}."
+            )
         for k, g in g_priv.items():
             update[k] += weight * g
         # Only the batch size leaves this function. Statistics of the per-example norms (such as
