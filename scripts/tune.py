@@ -40,6 +40,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import fusiondp  # noqa: F401
@@ -381,6 +382,30 @@ def records_by_study(results: str) -> dict[str, list[dict]]:
     return found
 
 
+def _same_value(recorded: Any, flag_value: str) -> bool:
+    try:
+        return float(recorded) == float(flag_value)
+    except (TypeError, ValueError):
+        return str(recorded) == flag_value
+
+
+def winner_records(
+    found: dict[str, list[dict]], study_name: str, best_tag: str, flags: dict[str, str]
+) -> list[dict]:
+    """The winner's runs: its trial's record and the ``final`` runs made with ITS flags (every seed).
+
+    Final runs share one tag per study; a final run of an earlier winner (a study resumed after failed
+    trials finished, or extended from a smaller study's records) has other flags and is left out, so
+    that the winner's mean ± std is never a mix of two configurations.
+    """
+    own = found.get(f"{study_name}/{best_tag}", [])[:1]
+    finals = [
+        r for r in found.get(f"{study_name}/final", [])
+        if all(_same_value((r.get("args") or {}).get(name), value) for name, value in flags.items())
+    ]  # fmt: skip
+    return own + finals
+
+
 def summarise(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
@@ -448,7 +473,7 @@ def main(args: argparse.Namespace) -> dict:
             # else: the run failed; the trial stays open and the next start runs it again
 
     # 2. The winner of each mode on validation, then its seeds.
-    finals, summary, best_tags = [], {}, {}
+    finals, summary, best_tags, best_flags = [], {}, {}, {}
     for mode, study in studies.items():
         done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         if len(done) < ks[mode]:
@@ -460,6 +485,7 @@ def main(args: argparse.Namespace) -> dict:
             continue
         best = max(done, key=lambda t: (t.value, -t.number))
         flags = trial_flags(best, list(study.user_attrs["space"]))
+        best_flags[mode] = candidate_flags({name: best.params[name] for name in study.user_attrs["space"]})
         # The winning trial already ran with the first seed; the others run as "final" (idealised only).
         if args.protocol == "idealised":
             finals += [run_for(args, script, mode, "final", flags, seed) for seed in args.seeds[1:]]
@@ -477,8 +503,7 @@ def main(args: argparse.Namespace) -> dict:
         trial_records = [
             r for n, rs in found.items() if n.startswith(f"{study.study_name}/trial") for r in rs
         ]
-        best = found.get(f"{study.study_name}/{best_tags[mode]}", [])
-        final = best[:1] + found.get(f"{study.study_name}/final", [])
+        final = winner_records(found, study.study_name, best_tags[mode], best_flags[mode])
         first = (final or trial_records or [{}])[0]
         summary[mode_label(args, mode)] |= {
             "protocol": args.protocol,

@@ -222,3 +222,23 @@ def test_tuned_tables_pool_honest_studies_and_add_the_reference(tmp_path):
     assert row in text
     assert "fusiondp" not in text  # reference rows of a mode no study tuned are left out
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_the_winners_mean_counts_only_final_runs_of_its_own_configuration():
+    # A study extended from a smaller one's records (or resumed after failed trials finished) can hold
+    # "final" runs of an earlier winner: they must not join the new winner's mean ± std.
+    tune = load_script("scripts.tune")
+    winner = {"lr": "0.0158", "optimizer": "momentum", "batch_size": "512", "epochs": "13"}
+    args = {"lr": 0.0158, "optimizer": "momentum", "batch_size": 512, "epochs": 13.0}
+    found = {
+        "s/trial23": [{"args": {**args, "seed": 1}, "test_aupr": 0.70}],
+        "s/trial0": [{"args": {**args, "lr": 0.07, "seed": 1}, "test_aupr": 0.66}],
+        "s/final": [
+            {"args": {**args, "seed": 2}, "test_aupr": 0.71},
+            {"args": {**args, "lr": 0.07, "seed": 2}, "test_aupr": 0.66},  # the earlier winner's
+            {"args": {**args, "optimizer": "adam", "seed": 3}, "test_aupr": 0.65},
+            {"args": {**args, "seed": 3}, "test_aupr": 0.69},
+        ],
+    }
+    kept = tune.winner_records(found, "s", "trial23", winner)
+    assert [r["test_aupr"] for r in kept] == [0.70, 0.71, 0.69]
