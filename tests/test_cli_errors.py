@@ -58,7 +58,9 @@ def test_a_sweep_whose_every_run_fails_ends_with_a_summary(tmp_path, sepsis_dir)
     assert len(list((tmp_path / "out.logs").glob("*.log"))) == 2
 
 
-@pytest.mark.parametrize("wrapper", ["sweep_sepsis.sh", "sweep_mimic.sh", "reproduce_tabular.sh"])
+@pytest.mark.parametrize(
+    "wrapper", ["sweep_sepsis.sh", "sweep_mimic.sh", "reproduce_tabular.sh", "ablate_sepsis.sh"]
+)
 def test_a_shell_wrapper_refuses_an_interpreter_without_the_package(tmp_path, wrapper):
     """The wrappers run PYTHON (make and the tests set it to the venv's); one that cannot import the
     package ends in one line before any work, instead of a traceback from every run of a sweep."""

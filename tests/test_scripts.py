@@ -205,3 +205,20 @@ def test_reference_options_are_recorded_as_outside_the_guarantee(sepsis_dir):
     )
     assert record["privacy_guarantee_holds"] is False
     assert "realised batch size" in record["outside_guarantee"][0]
+
+
+def test_the_ablation_script_runs_one_group_with_the_rows_flags_last(tmp_path, sepsis_dir):
+    # A tiny run of one group: the row's flag (--alpha_warmup) and the caller's flags (data, epochs)
+    # override the shared configuration, and every record lands in the group's folder.
+    env = {**os.environ, "ONLY": "warmup", "SEEDS": "1", "PYTHON": sys.executable}
+    tiny = ["--data_dir", str(sepsis_dir), "--epochs", "1", "--batch_size", "32", "--public_batch_size", "64"]
+    subprocess.run(
+        ["bash", "scripts/ablate_sepsis.sh", str(tmp_path / "abl"), *tiny],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    records = load_records(tmp_path / "abl" / "warmup")
+    assert sorted(r["alpha_warmup"] for r in records) == [0.5, 1.0]
+    assert {(r["mode"], r["batch_size"], r["lr"], r["alpha"]) for r in records} == {
+        ("fusiondp", 32, 0.02554877905895379, 3.0)
+    }
+    assert not (tmp_path / "abl" / "base").exists()
