@@ -10,12 +10,12 @@ report gives the ramp in steps.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 from conftest import REPO, load_script, sepsis_args, write_sepsis_dir
+from test_alpha_warmup import _cfg as _warmup_cfg
 from test_step import _batch, _model
 
 import fusiondp.experiment.loop as loop_module
@@ -28,11 +28,8 @@ report = load_script("scripts.privacy_report")
 
 
 def _cfg(**changes) -> StepConfig:
-    base = StepConfig(
-        lr=0.1, w_pub=1.0, w_priv=2.0, max_grad_norm=0.05, noise_multiplier=1.3,
-        expected_batch_size=20.0, private_loss="difference",
-    )  # fmt: skip
-    return dataclasses.replace(base, **changes)
+    """test_alpha_warmup's step configuration, with noise on."""
+    return _warmup_cfg(**{"noise_multiplier": 1.3, **changes})
 
 
 def _params(model):
