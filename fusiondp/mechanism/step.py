@@ -70,7 +70,7 @@ class StepConfig:
     optimizer: str = "sgd"  # "sgd" (the reference), "momentum" or "adam" (fusiondp.mechanism.optim)
     momentum: float = DEFAULT_MOMENTUM  # used by "momentum" only
     lr_schedule: str = "constant"  # or "cosine": lr decays to 0 over the run's T steps (the loop's)
-    alpha_warmup: float = 0.0  # w_priv rises from 0 over this fraction of the T steps (the loop's)
+    alpha_warmup: float = 0.0  # w_priv ramps up to its value over this fraction of the T steps (the loop's)
     secure_streams: bool = False  # --secure_rng: the private term's forked stream gets a whole secret state
     private_scope: str = "all"  # or "sensitive_inputs": the private term lives on ``private_mask`` only
     private_mask: Mapping[str, Tensor] | None = field(default=None, compare=False, repr=False)
