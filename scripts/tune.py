@@ -125,11 +125,6 @@ def train_parser(script: Path) -> argparse.ArgumentParser:
     return module.get_args_parser()
 
 
-def train_flags(script: Path) -> set[str]:
-    """The flags the train script accepts."""
-    return {action.dest for action in train_parser(script)._actions}
-
-
 def check_passthrough(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Refuse up front flags after ``--`` that a studied mode's runs would refuse (e.g. a split-mode flag
     such as --alpha_warmup with dpsgd among the modes): otherwise every trial of that mode fails at its
